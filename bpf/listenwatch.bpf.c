@@ -1,0 +1,561 @@
+// SPDX-License-Identifier: GPL-2.0
+/* listenwatch: the life of a connection on a listening socket.
+ *
+ * Three stages, each with a program per attach mode; the Go loader picks,
+ * per stage, the best mode this kernel loads (fentry, else kprobe, else
+ * tracepoint) and attaches only that one:
+ *   syn       SYN reaches a listener      fentry|kprobe tcp_conn_request, tp_btf consume_skb
+ *   handshake child created by final ACK  fexit|kretprobe tcp_v{4,6}_syn_recv_sock,
+ *                                         tp_btf inet_sock_set_state SYN_RECV->ESTABLISHED
+ *   accept    accept() returns the child  fexit|kretprobe inet_csk_accept,
+ *                                         tracepoint sys_exit_accept{,4}
+ * The listener registry (CLOSE->LISTEN, LISTEN->CLOSE) always comes from
+ * inet_sock_set_state, which every supported kernel has.
+ *
+ * Timestamps are joined here, per child socket, so the ring buffer carries
+ * one record per accepted connection. Counters live in the listeners map.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "listenwatch.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define IPPROTO_TCP 6
+#define IPPROTO_MPTCP 262
+
+/* Set by the loader through spec.Variables before load. */
+volatile const __u64 cfg_rsp_lo = 0;        /* tcp_rcv_state_process start */
+volatile const __u64 cfg_rsp_hi = 0;        /* and end (next symbol) */
+volatile const __u64 cfg_wakeup_bytes = 0;  /* wake the reader past this backlog */
+volatile const bool cfg_tp_handshake = false; /* handshake stage via inet_sock_set_state */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} lw_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct lw_listener_key);
+	__type(value, struct lw_listener_stats);
+} lw_listeners SEC(".maps");
+
+/* Keyed by the child's struct sock address: bounded, and only completed
+ * handshakes enter it, so a SYN flood cannot fill it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct lw_conn);
+} lw_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LW_C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lw_counters SEC(".maps");
+
+/* kprobe mode only: arguments saved at entry for the return probe. */
+struct kp_args {
+	__u64 sk;
+	__u64 req;
+	__u64 own_req;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct kp_args);
+} lw_kp_args SEC(".maps");
+
+/* Force bpf2go to emit these types. */
+const struct lw_event *unused_event __attribute__((unused));
+const enum lw_counter *unused_counter __attribute__((unused));
+const enum lw_event_kind *unused_kind __attribute__((unused));
+const enum lw_flag *unused_flag __attribute__((unused));
+const struct lw_conn *unused_conn __attribute__((unused));
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&lw_counters, &idx);
+	if (v)
+		*v += 1; /* per-CPU: no atomic needed */
+}
+
+static __always_inline void key_from_sk(struct lw_listener_key *k, const struct sock *sk)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	k->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (k->family == AF_INET) {
+		__u32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__builtin_memcpy(k->addr, &a, 4);
+	} else {
+		BPF_CORE_READ_INTO(&k->addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	}
+}
+
+/* The listener a packet or child to (netns, family, addr, port) belongs to:
+ * the specific address first, then the wildcard, then, for IPv4, a
+ * dual-stack IPv6 wildcard; the kernel's own preference order. */
+static __always_inline struct lw_listener_stats *
+find_listener(struct lw_listener_key *k)
+{
+	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, k);
+	if (st)
+		return st;
+	__u8 saved[16];
+	__builtin_memcpy(saved, k->addr, 16);
+	__builtin_memset(k->addr, 0, 16);
+	st = bpf_map_lookup_elem(&lw_listeners, k);
+	if (st || k->family != AF_INET)
+		return st;
+	k->family = AF_INET6;
+	st = bpf_map_lookup_elem(&lw_listeners, k);
+	if (!st) {
+		k->family = AF_INET;
+		__builtin_memcpy(k->addr, saved, 16);
+	}
+	return st;
+}
+
+static __always_inline void set_owner(struct lw_listener_stats *st)
+{
+	st->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(st->comm, sizeof(st->comm));
+}
+
+static __always_inline void submit(struct lw_event *e)
+{
+	/* A wake-up per record costs 6-8x the program's own time; the reader
+	 * polls, and is woken only once a backlog builds up. */
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&lw_events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+/* ---- listener registry --------------------------------------------------- */
+
+static __always_inline void listener_up(const struct sock *sk)
+{
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
+	if (!st) {
+		struct lw_listener_stats fresh = {};
+		bpf_map_update_elem(&lw_listeners, &k, &fresh, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&lw_listeners, &k);
+		if (!st)
+			return;
+	}
+	__sync_fetch_and_add(&st->sockets, 1);
+	st->backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	set_owner(st);
+}
+
+static __always_inline void listener_down(const struct sock *sk)
+{
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
+	if (st && st->sockets > 0)
+		__sync_fetch_and_add(&st->sockets, -1);
+}
+
+/* ---- handshake ----------------------------------------------------------- */
+
+static __always_inline void handshake_done(__u64 child, struct lw_listener_key *k,
+					   __u64 t_syn, __u32 flags)
+{
+	struct lw_listener_stats *st = find_listener(k);
+	if (!st) {
+		count(LW_C_UNATTRIBUTED_HANDSHAKE);
+		flags |= LW_F_NO_LISTENER;
+	} else {
+		__sync_fetch_and_add(&st->handshakes, 1);
+	}
+	struct lw_conn c = {
+		.t_syn = t_syn,
+		.t_est = bpf_ktime_get_ns(),
+		.flags = flags | LW_F_HANDSHAKE,
+	};
+	c.listener = *k;
+	bpf_map_update_elem(&lw_conns, &child, &c, BPF_ANY);
+}
+
+/* Tracepoint mode: the child just went SYN_RECV -> ESTABLISHED. No hook
+ * exposes the request sock here, so the SYN-ACK time is derived from the
+ * RTT the kernel measured against req->snt_synack: within ~2us unless the
+ * SYN-ACK was retransmitted (then total_rto_time, in ms, 6.7+). */
+static __always_inline void child_established(const struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 t_syn = 0;
+	__u32 flags = 0;
+	__u32 retrans = BPF_CORE_READ(tp, total_retrans);
+	__u32 srtt = BPF_CORE_READ(tp, srtt_us);
+	if (retrans == 0 && srtt) {
+		__u64 rtt = (__u64)(srtt >> 3) * 1000;
+		if (rtt < now) {
+			t_syn = now - rtt;
+			flags = LW_F_SYN_SRTT;
+		}
+	} else if (retrans && bpf_core_field_exists(tp->total_rto_time)) {
+		__u64 rto = (__u64)BPF_CORE_READ(tp, total_rto_time) * 1000000;
+		if (rto && rto < now) {
+			t_syn = now - rto;
+			flags = LW_F_SYN_RTO;
+		}
+	}
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	handshake_done((__u64)sk, &k, t_syn, flags);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_LISTEN)
+		listener_up(sk);
+	else if (oldstate == TCP_LISTEN)
+		listener_down(sk);
+	else if (cfg_tp_handshake && oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
+		child_established(sk);
+	return 0;
+}
+
+/* fentry/kprobe mode: syn_recv_sock returns the child (NULL when the accept
+ * queue is full or allocation failed); the request sock has the exact
+ * SYN-ACK time, zero for a cookie. */
+static __always_inline void syn_recv_done(const struct sock *listener,
+					  const struct request_sock *req,
+					  const bool *own_req, const struct sock *child)
+{
+	if (!child)
+		return;
+	bool own = 0;
+	bpf_probe_read_kernel(&own, sizeof(own), own_req);
+	if (!own) /* lost a race with another CPU: this child is destroyed */
+		return;
+	__u64 snt = BPF_CORE_READ((struct tcp_request_sock *)req, snt_synack);
+	__u64 t_syn = snt * 1000; /* tcp_clock_us(): the same clock, in us */
+	__u32 flags = snt ? LW_F_SYN_EXACT : LW_F_COOKIE;
+	struct lw_listener_key k;
+	key_from_sk(&k, listener);
+	handshake_done((__u64)child, &k, t_syn, flags);
+}
+
+static __always_inline bool v4_mapped(const struct sk_buff *skb)
+{
+	/* tcp_v6_syn_recv_sock handles an IPv4 packet on a dual-stack listener
+	 * by calling tcp_v4_syn_recv_sock, which is hooked too. */
+	return BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP);
+}
+
+SEC("fexit/tcp_v4_syn_recv_sock")
+int BPF_PROG(lw_fexit_syn_recv4, const struct sock *sk, struct sk_buff *skb,
+	     struct request_sock *req, struct dst_entry *dst,
+	     struct request_sock *req_unhash, bool *own_req, struct sock *child)
+{
+	syn_recv_done(sk, req, own_req, child);
+	return 0;
+}
+
+SEC("fexit/tcp_v6_syn_recv_sock")
+int BPF_PROG(lw_fexit_syn_recv6, const struct sock *sk, struct sk_buff *skb,
+	     struct request_sock *req, struct dst_entry *dst,
+	     struct request_sock *req_unhash, bool *own_req, struct sock *child)
+{
+	if (!v4_mapped(skb))
+		syn_recv_done(sk, req, own_req, child);
+	return 0;
+}
+
+/* Entry and return probe meet by thread. Bit 63 (never set in a pid_tgid)
+ * keeps accept apart from a syn_recv_sock run by a softirq on the same
+ * thread while it sleeps in accept. */
+#define KP_ACCEPT (1ULL << 63)
+
+static __always_inline void kp_save(__u64 which, __u64 sk, __u64 req, __u64 own_req)
+{
+	__u64 id = bpf_get_current_pid_tgid() | which;
+	struct kp_args a = { .sk = sk, .req = req, .own_req = own_req };
+	bpf_map_update_elem(&lw_kp_args, &id, &a, BPF_ANY);
+}
+
+static __always_inline int kp_take(__u64 which, struct kp_args *out)
+{
+	__u64 id = bpf_get_current_pid_tgid() | which;
+	struct kp_args *a = bpf_map_lookup_elem(&lw_kp_args, &id);
+	if (!a)
+		return -1;
+	*out = *a;
+	bpf_map_delete_elem(&lw_kp_args, &id);
+	return 0;
+}
+
+/* own_req is the sixth argument, which BPF_KPROBE of this libbpf cannot
+ * name: read it from its x86-64 register. */
+#define KP_PARM6(ctx) ((ctx)->r9)
+
+SEC("kprobe/tcp_v4_syn_recv_sock")
+int lw_kp_syn_recv4(struct pt_regs *ctx)
+{
+	kp_save(0, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+	return 0;
+}
+
+SEC("kprobe/tcp_v6_syn_recv_sock")
+int lw_kp_syn_recv6(struct pt_regs *ctx)
+{
+	if (!v4_mapped((const struct sk_buff *)PT_REGS_PARM2(ctx)))
+		kp_save(0, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+	return 0;
+}
+
+/* One return probe serves both: the v4-mapped case saved nothing at the v6
+ * entry, and the inner v4 return consumed its own entry. */
+SEC("kretprobe/tcp_v4_syn_recv_sock")
+int BPF_KRETPROBE(lw_krp_syn_recv4, struct sock *child)
+{
+	struct kp_args a;
+	if (kp_take(0, &a) == 0)
+		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
+	return 0;
+}
+
+SEC("kretprobe/tcp_v6_syn_recv_sock")
+int BPF_KRETPROBE(lw_krp_syn_recv6, struct sock *child)
+{
+	struct kp_args a;
+	if (kp_take(0, &a) == 0)
+		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
+	return 0;
+}
+
+/* ---- syn ----------------------------------------------------------------- */
+
+static __always_inline void syn_seen(struct lw_listener_key *k)
+{
+	struct lw_listener_stats *st = find_listener(k);
+	if (st)
+		__sync_fetch_and_add(&st->syns, 1);
+	else
+		count(LW_C_UNATTRIBUTED_SYN);
+}
+
+static __always_inline void syn_at_listener(const struct sock *sk)
+{
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	syn_seen(&k);
+}
+
+SEC("fentry/tcp_conn_request")
+int BPF_PROG(lw_fentry_conn_request, struct request_sock_ops *rsk_ops, void *af_ops,
+	     struct sock *sk, struct sk_buff *skb)
+{
+	syn_at_listener(sk);
+	return 0;
+}
+
+SEC("kprobe/tcp_conn_request")
+int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
+{
+	syn_at_listener(sk);
+	return 0;
+}
+
+/* Tracepoint mode: every SYN a listener handles (accepted, cookie or
+ * dropped) ends in consume_skb() inside tcp_rcv_state_process; nothing else
+ * fires per SYN. The skb carries no socket, so the listener is found from
+ * the headers and the route's device namespace. */
+SEC("tp_btf/consume_skb")
+int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
+{
+	if ((__u64)location < cfg_rsp_lo || (__u64)location >= cfg_rsp_hi)
+		return 0;
+
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u8 tcp[14];
+	if (bpf_probe_read_kernel(tcp, sizeof(tcp), head + th))
+		return 0;
+	if ((tcp[13] & 0x12) != 0x02) /* SYN without ACK */
+		return 0;
+
+	struct lw_listener_key k = {};
+	__u8 ver = 0;
+	bpf_probe_read_kernel(&ver, 1, head + nh);
+	if ((ver >> 4) == 4) {
+		k.family = AF_INET;
+		bpf_probe_read_kernel(k.addr, 4, head + nh + 16); /* daddr */
+	} else {
+		k.family = AF_INET6;
+		bpf_probe_read_kernel(k.addr, 16, head + nh + 24); /* daddr */
+	}
+	k.port = ((__u16)tcp[2] << 8) | tcp[3];
+	struct dst_entry *dst = (void *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+	k.netns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
+	syn_seen(&k);
+	return 0;
+}
+
+/* ---- accept -------------------------------------------------------------- */
+
+static __always_inline void accepted(const struct sock *child, const struct sock *listener)
+{
+	__u64 key = (__u64)child;
+	struct lw_event *e = bpf_ringbuf_reserve(&lw_events, sizeof(*e), 0);
+	struct lw_conn *c = bpf_map_lookup_elem(&lw_conns, &key);
+	struct lw_listener_key k;
+	__u64 t_syn = 0, t_est = 0;
+	__u32 flags = 0;
+
+	if (c) {
+		k = c->listener;
+		t_syn = c->t_syn;
+		t_est = c->t_est;
+		flags = c->flags;
+		bpf_map_delete_elem(&lw_conns, &key);
+	} else if (listener) {
+		key_from_sk(&k, listener);
+	} else {
+		key_from_sk(&k, child);
+	}
+
+	struct lw_listener_stats *st = find_listener(&k);
+	if (st) {
+		__sync_fetch_and_add(&st->accepted, 1);
+		if (!st->pid)
+			set_owner(st);
+		flags &= ~LW_F_NO_LISTENER;
+	} else {
+		count(LW_C_UNATTRIBUTED_ACCEPT);
+		flags |= LW_F_NO_LISTENER;
+	}
+
+	if (!e) {
+		count(LW_C_RINGBUF_LOST);
+		return;
+	}
+	e->kind = LW_EV_ACCEPT;
+	e->t_syn = t_syn;
+	e->t_est = t_est;
+	e->t_acc = bpf_ktime_get_ns();
+	e->listener = k;
+	e->flags = flags;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->ret = 0;
+	submit(e);
+}
+
+static __always_inline const struct sock *tcp_of(const struct sock *sk)
+{
+	/* An MPTCP socket wraps the TCP socket all TCP hooks report. */
+	if (bpf_core_type_exists(struct mptcp_sock) &&
+	    BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP)
+		return BPF_CORE_READ((struct mptcp_sock *)sk, first);
+	return sk;
+}
+
+/* The socket behind a file descriptor of the current task, or NULL. */
+static __always_inline const struct sock *sock_of_fd(long fd)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return NULL;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	if (!so || BPF_CORE_READ(so, file) != f)
+		return NULL;
+	const struct sock *sk = BPF_CORE_READ(so, sk);
+	if (!sk)
+		return NULL;
+	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (fam != AF_INET && fam != AF_INET6)
+		return NULL;
+	sk = tcp_of(sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	return sk;
+}
+
+struct sys_exit_args {
+	__u64 common;
+	__s64 nr;
+	__s64 ret;
+};
+
+static __always_inline int on_accept_exit(struct sys_exit_args *ctx)
+{
+	if (ctx->ret < 0)
+		return 0;
+	const struct sock *child = sock_of_fd(ctx->ret);
+	if (child)
+		accepted(child, NULL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int lw_tp_accept4(struct sys_exit_args *ctx)
+{
+	return on_accept_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int lw_tp_accept(struct sys_exit_args *ctx)
+{
+	return on_accept_exit(ctx);
+}
+
+/* fexit sees accept(2), io_uring and in-kernel acceptors alike. The
+ * signature changed in 6.10 (struct proto_accept_arg), but the listener is
+ * the first argument in both and bpf_get_func_ret reads the return value
+ * whatever the arity. */
+SEC("fexit/inet_csk_accept")
+int lw_fexit_accept(__u64 *ctx)
+{
+	__u64 ret = 0;
+	if (bpf_get_func_ret(ctx, &ret) || !ret)
+		return 0; /* non-blocking accept with an empty queue */
+	accepted((const struct sock *)ret, (const struct sock *)ctx[0]);
+	return 0;
+}
+
+SEC("kprobe/inet_csk_accept")
+int BPF_KPROBE(lw_kp_accept, struct sock *sk)
+{
+	kp_save(KP_ACCEPT, (__u64)sk, 0, 0);
+	return 0;
+}
+
+SEC("kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(lw_krp_accept, struct sock *child)
+{
+	struct kp_args a;
+	if (kp_take(KP_ACCEPT, &a) == 0 && child)
+		accepted(child, (const struct sock *)a.sk);
+	return 0;
+}

@@ -1,0 +1,71 @@
+/* Types shared between the BPF programs and Go. bpf2go generates the Go side
+ * from these with -type, so nothing here is mirrored by hand. */
+#ifndef LISTENWATCH_H
+#define LISTENWATCH_H
+
+/* A listener's identity: what an SRE calls "the listener". Sockets of one
+ * SO_REUSEPORT group share it, so they share one entry; a restarted service
+ * keeps its series. addr holds 4 bytes for AF_INET, 16 for AF_INET6. */
+struct lw_listener_key {
+	__u32 netns;
+	__u16 port; /* host order */
+	__u16 family;
+	__u8 addr[16];
+};
+
+/* Per-listener counters, written with atomic adds by every stage and read by
+ * the exporter at scrape time. */
+struct lw_listener_stats {
+	__u64 syns;       /* SYNs received by the listener */
+	__u64 handshakes; /* children created by a completed handshake */
+	__u64 accepted;   /* children returned by accept() */
+	__s64 sockets;    /* listening sockets with this identity now */
+	__u32 pid;        /* process that called listen() or accept() */
+	__u32 backlog;    /* sk_max_ack_backlog: the effective backlog */
+	char comm[16];
+};
+
+/* Per-connection timeline kept in the kernel between handshake and accept. */
+struct lw_conn {
+	__u64 t_syn; /* ns, CLOCK_MONOTONIC; 0 when unknown */
+	__u64 t_est; /* ns, handshake complete */
+	struct lw_listener_key listener;
+	__u32 flags;
+	__u32 _pad;
+};
+
+enum lw_event_kind {
+	LW_EV_ACCEPT = 1,
+};
+
+enum lw_flag {
+	LW_F_SYN_EXACT = 1 << 0,     /* t_syn from req->snt_synack */
+	LW_F_SYN_SRTT = 1 << 1,      /* t_syn = t_est - srtt/8 (no retransmit) */
+	LW_F_SYN_RTO = 1 << 2,       /* t_syn = t_est - total_rto_time (ms precision) */
+	LW_F_COOKIE = 1 << 3,        /* child made from a SYN cookie: no SYN time */
+	LW_F_HANDSHAKE = 1 << 4,     /* the handshake stage was seen: t_est valid */
+	LW_F_NO_LISTENER = 1 << 5,   /* listener identity could not be resolved */
+};
+
+/* One record per accepted connection. */
+struct lw_event {
+	__u64 t_syn;
+	__u64 t_est;
+	__u64 t_acc;
+	struct lw_listener_key listener;
+	__u32 kind;
+	__u32 flags;
+	__u32 pid;
+	__s32 ret;
+};
+
+/* Global counters (per-CPU array), summed by the exporter. */
+enum lw_counter {
+	LW_C_RINGBUF_LOST = 0,        /* bpf_ringbuf_reserve failed: event lost */
+	LW_C_UNATTRIBUTED_SYN,        /* SYN whose listener is not in the registry */
+	LW_C_UNATTRIBUTED_HANDSHAKE,
+	LW_C_UNATTRIBUTED_ACCEPT,
+	LW_C_MAX,
+};
+
+#endif
