@@ -119,15 +119,18 @@ find_listener(struct lw_listener_key *k)
 	__builtin_memcpy(saved, k->addr, 16);
 	__builtin_memset(k->addr, 0, 16);
 	st = bpf_map_lookup_elem(&lw_listeners, k);
-	if (st || k->family != AF_INET)
+	if (st)
 		return st;
-	k->family = AF_INET6;
-	st = bpf_map_lookup_elem(&lw_listeners, k);
-	if (!st) {
+	if (k->family == AF_INET) {
+		k->family = AF_INET6;
+		st = bpf_map_lookup_elem(&lw_listeners, k);
+		if (st)
+			return st;
 		k->family = AF_INET;
-		__builtin_memcpy(k->addr, saved, 16);
 	}
-	return st;
+	/* Not found: keep the key as the packet or socket said. */
+	__builtin_memcpy(k->addr, saved, 16);
+	return NULL;
 }
 
 static __always_inline void set_owner(struct lw_listener_stats *st)
@@ -460,6 +463,14 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	e->t_est = t_est;
 	e->t_acc = bpf_ktime_get_ns();
 	e->listener = k;
+	__builtin_memset(e->raddr, 0, sizeof(e->raddr));
+	if (BPF_CORE_READ(child, __sk_common.skc_family) == AF_INET) {
+		__u32 a = BPF_CORE_READ(child, __sk_common.skc_daddr);
+		__builtin_memcpy(e->raddr, &a, 4);
+	} else {
+		BPF_CORE_READ_INTO(&e->raddr, child, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	e->rport = bpf_ntohs(BPF_CORE_READ(child, __sk_common.skc_dport));
 	e->flags = flags;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->ret = 0;

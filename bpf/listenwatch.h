@@ -47,13 +47,16 @@ enum lw_flag {
 	LW_F_NO_LISTENER = 1 << 5,   /* listener identity could not be resolved */
 };
 
-/* One record per accepted connection. */
+/* One record per accepted connection. The client address is carried for
+ * logs and tests, never used as a metric label. */
 struct lw_event {
-	__u64 t_syn;
-	__u64 t_est;
+	__u64 t_syn; /* ns, CLOCK_MONOTONIC; 0 when unknown */
+	__u64 t_est; /* 0 when the handshake stage was not seen */
 	__u64 t_acc;
 	struct lw_listener_key listener;
-	__u32 kind;
+	__u8 raddr[16]; /* client address, 4 bytes used for AF_INET */
+	__u16 rport;    /* client port, host order */
+	__u16 kind;
 	__u32 flags;
 	__u32 pid;
 	__s32 ret;

@@ -45,7 +45,9 @@ type bpfLwEvent struct {
 	T_est    uint64
 	T_acc    uint64
 	Listener bpfLwListenerKey
-	Kind     uint32
+	Raddr    [16]uint8
+	Rport    uint16
+	Kind     uint16
 	Flags    uint32
 	Pid      uint32
 	Ret      int32

@@ -1,0 +1,137 @@
+package loader
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Mode is how a stage is attached to the kernel.
+type Mode string
+
+const (
+	ModeAuto       Mode = "auto"       // best that loads: fentry, kprobe, tracepoint
+	ModeFentry     Mode = "fentry"     // fentry/fexit (BPF trampolines)
+	ModeKprobe     Mode = "kprobe"     // kprobe/kretprobe
+	ModeTracepoint Mode = "tracepoint" // tp_btf and syscall tracepoints only
+	ModeNone       Mode = "none"       // not attached
+)
+
+// ParseMode accepts the values of --hook-mode.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeAuto, ModeFentry, ModeKprobe, ModeTracepoint:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown hook mode %q (want auto, fentry, kprobe or tracepoint)", s)
+}
+
+// Stage is a step of a connection's life that listenwatch hooks.
+type Stage string
+
+const (
+	StageRegistry  Stage = "registry"  // listen() and close() of listeners
+	StageSYN       Stage = "syn"       // a SYN reaches a listener
+	StageHandshake Stage = "handshake" // the final ACK creates the child socket
+	StageAccept    Stage = "accept"    // accept() returns the child
+)
+
+// Stages lists every stage, in attach order.
+var Stages = []Stage{StageSYN, StageHandshake, StageAccept, StageRegistry}
+
+// ParseStage accepts the values of --disable-stage.
+func ParseStage(s string) (Stage, error) {
+	for _, st := range Stages {
+		if string(st) == s && st != StageRegistry {
+			return st, nil
+		}
+	}
+	return "", fmt.Errorf("unknown stage %q (want syn, handshake or accept)", s)
+}
+
+// Config is everything the loader can be told. The zero value of a field
+// means its default.
+type Config struct {
+	// Mode forces one attach mode for every stage; auto picks per stage.
+	// A forced mode that does not load is an error, never a fallback.
+	Mode Mode
+	// Disabled stages are not attached at all (they report mode "none").
+	Disabled []Stage
+	// RingbufSize is the ring buffer's size in bytes: a power of two and a
+	// multiple of the page size.
+	RingbufSize uint32
+	// ConnTableSize bounds the handshake -> accept table (LRU).
+	ConnTableSize uint32
+	// ListenerTableSize bounds the listener registry (LRU).
+	ListenerTableSize uint32
+	// PollInterval is how often the reader drains the ring buffer when the
+	// kernel has not woken it.
+	PollInterval time.Duration
+	// WakeupBytes: the kernel wakes the reader only once this much is
+	// waiting, so a busy listener does not pay a wake-up per connection.
+	WakeupBytes uint32
+}
+
+const (
+	DefaultRingbufSize       = 1 << 20
+	DefaultConnTableSize     = 32768
+	DefaultListenerTableSize = 4096
+	DefaultPollInterval      = 100 * time.Millisecond
+)
+
+func (c Config) withDefaults() Config {
+	if c.Mode == "" {
+		c.Mode = ModeAuto
+	}
+	if c.RingbufSize == 0 {
+		c.RingbufSize = DefaultRingbufSize
+	}
+	if c.ConnTableSize == 0 {
+		c.ConnTableSize = DefaultConnTableSize
+	}
+	if c.ListenerTableSize == 0 {
+		c.ListenerTableSize = DefaultListenerTableSize
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.WakeupBytes == 0 {
+		c.WakeupBytes = c.RingbufSize / 4
+	}
+	return c
+}
+
+// Validate reports the first setting that cannot work, in the user's terms.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if _, err := ParseMode(string(c.Mode)); err != nil {
+		return err
+	}
+	if c.RingbufSize < 4096 || c.RingbufSize&(c.RingbufSize-1) != 0 {
+		return fmt.Errorf("ring buffer size %d: must be a power of two, at least 4096", c.RingbufSize)
+	}
+	if c.WakeupBytes > c.RingbufSize {
+		return fmt.Errorf("wake-up threshold %d is larger than the ring buffer (%d)", c.WakeupBytes, c.RingbufSize)
+	}
+	if c.PollInterval < time.Millisecond {
+		return fmt.Errorf("poll interval %v: must be at least 1ms", c.PollInterval)
+	}
+	return nil
+}
+
+func (c Config) disabled(s Stage) bool {
+	for _, d := range c.Disabled {
+		if d == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (c Config) String() string {
+	var d []string
+	for _, s := range c.Disabled {
+		d = append(d, string(s))
+	}
+	return fmt.Sprintf("mode=%s disabled=[%s] ringbuf=%d", c.Mode, strings.Join(d, ","), c.RingbufSize)
+}

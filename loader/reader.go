@@ -1,0 +1,112 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/listenwatch/listenwatch/events"
+)
+
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+// The flags are defined once, in C; events repeats them as domain
+// constants. Any drift fails the build here.
+var _ = [1]struct{}{}[uint32(events.FlagSYNExact)-uint32(bpfLwFlagLW_F_SYN_EXACT)+
+	uint32(events.FlagSYNFromRTT)-uint32(bpfLwFlagLW_F_SYN_SRTT)+
+	uint32(events.FlagSYNFromRTO)-uint32(bpfLwFlagLW_F_SYN_RTO)+
+	uint32(events.FlagCookie)-uint32(bpfLwFlagLW_F_COOKIE)+
+	uint32(events.FlagHandshake)-uint32(bpfLwFlagLW_F_HANDSHAKE)+
+	uint32(events.FlagNoListener)-uint32(bpfLwFlagLW_F_NO_LISTENER)]
+
+// EventSize is the size of one ring-buffer record.
+const EventSize = int(unsafe.Sizeof(bpfLwEvent{}))
+
+// ErrShortRecord and ErrUnknownKind are the ways a record fails to decode.
+var (
+	ErrShortRecord = errors.New("short record")
+	ErrUnknownKind = errors.New("unknown record kind")
+)
+
+// Decode fills c from one ring-buffer record. It checks the length and
+// casts to the generated type: no reflection, no allocation.
+func Decode(raw []byte, c *events.Conn) error {
+	if len(raw) < EventSize {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrShortRecord, len(raw), EventSize)
+	}
+	e := (*bpfLwEvent)(unsafe.Pointer(&raw[0]))
+	if e.Kind != uint16(bpfLwEventKindLW_EV_ACCEPT) {
+		return fmt.Errorf("%w %d", ErrUnknownKind, e.Kind)
+	}
+	c.Listener = listenerKey(&e.Listener)
+	var client netip.Addr
+	if e.Listener.Family == afInet {
+		client = netip.AddrFrom4([4]byte(e.Raddr[:4]))
+	} else {
+		client = netip.AddrFrom16(e.Raddr).Unmap()
+	}
+	c.Client = netip.AddrPortFrom(client, e.Rport)
+	c.PID = e.Pid
+	c.Flags = events.Flags(e.Flags)
+	c.SYN = time.Duration(e.T_syn)
+	c.Established = time.Duration(e.T_est)
+	c.Accepted = time.Duration(e.T_acc)
+	return nil
+}
+
+func listenerKey(k *bpfLwListenerKey) events.ListenerKey {
+	var a netip.Addr
+	if k.Family == afInet {
+		a = netip.AddrFrom4([4]byte(k.Addr[:4]))
+	} else {
+		a = netip.AddrFrom16(k.Addr)
+	}
+	return events.ListenerKey{Netns: k.Netns, Addr: a, Port: k.Port}
+}
+
+// Run reads the ring buffer until ctx ends or the tracer closes, handing
+// each connection to sink. The Conn passed to sink is reused: sink must
+// copy what it keeps. Run is the only reader.
+func (t *Tracer) Run(ctx context.Context, sink func(*events.Conn)) error {
+	stop := context.AfterFunc(ctx, func() { t.reader.Close() })
+	defer stop()
+
+	// Most records are submitted without a wake-up (see submit() in the
+	// BPF code): the reader drains on a deadline, and is woken early only
+	// when a backlog builds up.
+	var (
+		rec ringbuf.Record
+		c   events.Conn
+	)
+	t.reader.SetDeadline(time.Now().Add(t.cfg.PollInterval))
+	for {
+		err := t.reader.ReadInto(&rec)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			t.reader.SetDeadline(time.Now().Add(t.cfg.PollInterval))
+			continue
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+		t.records.Add(1)
+		if err := Decode(rec.RawSample, &c); err != nil {
+			if t.decodeErrors.Add(1) == 1 {
+				// Once: a decode error means a build mismatch, not traffic.
+				t.log.Error().Err(err).Msg("undecodable ring buffer record")
+			}
+			continue
+		}
+		sink(&c)
+	}
+}
