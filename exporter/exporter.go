@@ -1,0 +1,219 @@
+// Package exporter turns what the loader sees into Prometheus metrics: the
+// kernel's per-listener counters are read at scrape time; the latency
+// histograms are fed per connection by the ring-buffer reader.
+package exporter
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/loader"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Source is what the collector reads at scrape time; *loader.Tracer is one.
+type Source interface {
+	Listeners() ([]loader.Listener, error)
+	Counters() (loader.Counters, error)
+	Programs() ([]loader.ProgramStats, error)
+	Hooks() []loader.Hook
+}
+
+const ns = "listenwatch"
+
+var listenerLabels = []string{"netns", "addr", "port"}
+
+// listenerState is the userspace side of one listener: its histograms and
+// the connections it could not time.
+type listenerState struct {
+	handshake, wait, total hist
+	incomplete             [3]atomic.Uint64 // by events.Missing: syn, handshake, invalid
+	labels                 []string
+}
+
+// Collector is a prometheus.Collector. Observe is called by the single
+// ring-buffer reader; Collect by any number of scrapes.
+type Collector struct {
+	src Source
+	log zerolog.Logger
+
+	// Copy-on-write: the reader looks up without locking; a new listener
+	// (rare) copies the map under mu.
+	listeners atomic.Pointer[map[events.ListenerKey]*listenerState]
+	mu        sync.Mutex
+
+	syns, handshakes, accepted, sockets, backlog, info  *prometheus.Desc
+	handshakeDur, queueWait, synToAccept, incomplete    *prometheus.Desc
+	hookInfo, lost, records, decodeErrors, unattributed *prometheus.Desc
+	recursionMisses, runSeconds, runs, scrapeErrors     *prometheus.Desc
+	unattributedEvents                                  atomic.Uint64
+	scrapeErrorCount                                    atomic.Uint64
+}
+
+// New builds a collector reading src. Descriptors are built once here.
+func New(src Source, log zerolog.Logger) *Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
+	}
+	ll := listenerLabels
+	c := &Collector{
+		src: src,
+		log: log,
+
+		syns:       d("listener_syns_received_total", "SYNs that reached the listener: queued, answered with a cookie, or dropped.", ll...),
+		handshakes: d("listener_handshakes_completed_total", "Handshakes completed: child sockets put in the accept queue.", ll...),
+		accepted:   d("listener_connections_accepted_total", "Connections returned to the application by accept().", ll...),
+		sockets:    d("listener_sockets", "Listening sockets with this address now (more than 1 with SO_REUSEPORT; 0 after close).", ll...),
+		backlog:    d("listener_backlog", "Effective accept-queue limit (sk_max_ack_backlog = min(listen() backlog, net.core.somaxconn)); 0 if the listener predates the agent.", ll...),
+		info:       d("listener_info", "Process that owns the listener (last to call listen() or accept()).", append(ll, "pid", "comm")...),
+
+		handshakeDur: d("handshake_duration_seconds", "Time from SYN-ACK sent to handshake complete (final ACK received), per accepted connection.", ll...),
+		queueWait:    d("accept_queue_wait_seconds", "Time a completed connection waited in the accept queue until accept() returned it.", ll...),
+		synToAccept:  d("syn_to_accept_seconds", "Time from the SYN to accept() returning the connection.", ll...),
+		incomplete:   d("incomplete_connections_total", "Accepted connections with a stage not observed (agent started later, SYN cookie, or record evicted): counted, never timed.", append(ll, "missing")...),
+
+		hookInfo:     d("hook_info", "Attach mode of each stage on this kernel (mode=none: not attached).", "stage", "mode"),
+		lost:         d("ringbuf_lost_events_total", "Events dropped because the ring buffer was full."),
+		records:      d("ringbuf_events_total", "Events read from the ring buffer."),
+		decodeErrors: d("decode_errors_total", "Ring-buffer records that could not be decoded."),
+		unattributed: d("unattributed_events_total", "Events whose listener was not found in the registry, by stage.", "stage"),
+
+		recursionMisses: d("bpf_recursion_misses_total", "Program runs the kernel skipped because it was already running on that CPU.", "program"),
+		runSeconds:      d("bpf_run_seconds_total", "CPU time spent in the program (only while kernel.bpf_stats_enabled=1).", "program"),
+		runs:            d("bpf_runs_total", "Runs of the program (only while kernel.bpf_stats_enabled=1).", "program"),
+		scrapeErrors:    d("scrape_errors_total", "Scrapes that could not read kernel state."),
+	}
+	m := map[events.ListenerKey]*listenerState{}
+	c.listeners.Store(&m)
+	return c
+}
+
+func listenerLabelValues(k events.ListenerKey) []string {
+	return []string{strconv.FormatUint(uint64(k.Netns), 10), k.Addr.String(), strconv.Itoa(int(k.Port))}
+}
+
+func (c *Collector) state(k events.ListenerKey) *listenerState {
+	if s := (*c.listeners.Load())[k]; s != nil {
+		return s
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.listeners.Load()
+	if s := old[k]; s != nil {
+		return s
+	}
+	m := make(map[events.ListenerKey]*listenerState, len(old)+1)
+	for k2, v := range old {
+		m[k2] = v
+	}
+	s := &listenerState{labels: listenerLabelValues(k)}
+	m[k] = s
+	c.listeners.Store(&m)
+	return s
+}
+
+// Observe records one accepted connection. The reader calls it for every
+// event: no allocation once the listener is known.
+func (c *Collector) Observe(conn *events.Conn) {
+	if conn.Flags&events.FlagNoListener != 0 {
+		// Counted by the kernel as unattributed; no series for it, so
+		// label sets stay bounded by the registry.
+		return
+	}
+	s := c.state(conn.Listener)
+	tl := conn.Timeline()
+	if tl.HasHandshake {
+		s.handshake.observe(tl.Handshake)
+	}
+	if tl.HasQueueWait {
+		s.wait.observe(tl.QueueWait)
+	}
+	if tl.HasTotal {
+		s.total.observe(tl.Total)
+	}
+	if tl.Missing != events.MissingNone {
+		s.incomplete[tl.Missing-1].Add(1)
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		c.syns, c.handshakes, c.accepted, c.sockets, c.backlog, c.info,
+		c.handshakeDur, c.queueWait, c.synToAccept, c.incomplete,
+		c.hookInfo, c.lost, c.records, c.decodeErrors, c.unattributed,
+		c.recursionMisses, c.runSeconds, c.runs, c.scrapeErrors,
+	} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ls, err := c.src.Listeners()
+	if err != nil {
+		c.scrapeFailed(err)
+	}
+	for _, l := range ls {
+		lv := listenerLabelValues(l.Key)
+		ch <- prometheus.MustNewConstMetric(c.syns, prometheus.CounterValue, float64(l.SYNs), lv...)
+		ch <- prometheus.MustNewConstMetric(c.handshakes, prometheus.CounterValue, float64(l.Handshakes), lv...)
+		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(l.Accepted), lv...)
+		ch <- prometheus.MustNewConstMetric(c.sockets, prometheus.GaugeValue, float64(l.Sockets), lv...)
+		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(l.Backlog), lv...)
+		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1,
+			append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm)...)
+	}
+
+	for _, s := range *c.listeners.Load() {
+		for _, h := range []struct {
+			d *prometheus.Desc
+			h *hist
+		}{{c.handshakeDur, &s.handshake}, {c.queueWait, &s.wait}, {c.synToAccept, &s.total}} {
+			n, sum, b := h.h.snapshot()
+			ch <- prometheus.MustNewConstHistogram(h.d, n, sum, b, s.labels...)
+		}
+		for i, m := range []events.Missing{events.MissingSYN, events.MissingHandshake, events.MissingInvalid} {
+			ch <- prometheus.MustNewConstMetric(c.incomplete, prometheus.CounterValue,
+				float64(s.incomplete[i].Load()), append(s.labels[:3:3], m.String())...)
+		}
+	}
+
+	for _, h := range c.src.Hooks() {
+		ch <- prometheus.MustNewConstMetric(c.hookInfo, prometheus.GaugeValue, 1, string(h.Stage), string(h.Mode))
+	}
+
+	if cs, err := c.src.Counters(); err != nil {
+		c.scrapeFailed(err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(cs.RingbufLost))
+		ch <- prometheus.MustNewConstMetric(c.records, prometheus.CounterValue, float64(cs.Records))
+		ch <- prometheus.MustNewConstMetric(c.decodeErrors, prometheus.CounterValue, float64(cs.DecodeErrors))
+		for stage, v := range map[loader.Stage]uint64{
+			loader.StageSYN:       cs.UnattributedSYN,
+			loader.StageHandshake: cs.UnattributedHandshake,
+			loader.StageAccept:    cs.UnattributedAccept,
+		} {
+			ch <- prometheus.MustNewConstMetric(c.unattributed, prometheus.CounterValue, float64(v), string(stage))
+		}
+	}
+
+	ps, err := c.src.Programs()
+	if err != nil {
+		c.scrapeFailed(err)
+	}
+	for _, p := range ps {
+		ch <- prometheus.MustNewConstMetric(c.recursionMisses, prometheus.CounterValue, float64(p.RecursionMisses), p.Name)
+		ch <- prometheus.MustNewConstMetric(c.runSeconds, prometheus.CounterValue, p.RunTime.Seconds(), p.Name)
+		ch <- prometheus.MustNewConstMetric(c.runs, prometheus.CounterValue, float64(p.RunCount), p.Name)
+	}
+	ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.CounterValue, float64(c.scrapeErrorCount.Load()))
+}
+
+func (c *Collector) scrapeFailed(err error) {
+	c.scrapeErrorCount.Add(1)
+	c.log.Error().Err(err).Msg("scrape: could not read kernel state")
+}

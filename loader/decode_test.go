@@ -1,0 +1,132 @@
+package loader
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/listenwatch/listenwatch/events"
+)
+
+func record(e bpfLwEvent) []byte {
+	b := make([]byte, EventSize)
+	*(*bpfLwEvent)(unsafe.Pointer(&b[0])) = e
+	return b
+}
+
+func TestDecodeIPv4(t *testing.T) {
+	e := bpfLwEvent{
+		T_syn: 1000, T_est: 2000, T_acc: 5000,
+		Listener: bpfLwListenerKey{Netns: 4026531840, Port: 8080, Family: afInet, Addr: [16]byte{10, 0, 0, 5}},
+		Raddr:    [16]byte{10, 0, 0, 9}, Rport: 40000,
+		Kind: uint16(bpfLwEventKindLW_EV_ACCEPT), Flags: uint32(bpfLwFlagLW_F_HANDSHAKE | bpfLwFlagLW_F_SYN_SRTT), Pid: 77,
+	}
+	var c events.Conn
+	if err := Decode(record(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	want := events.Conn{
+		Listener: events.ListenerKey{Netns: 4026531840, Addr: netip.MustParseAddr("10.0.0.5"), Port: 8080},
+		Client:   netip.MustParseAddrPort("10.0.0.9:40000"),
+		PID:      77, Flags: events.FlagHandshake | events.FlagSYNFromRTT,
+		SYN: 1000, Established: 2000, Accepted: 5000 * time.Nanosecond,
+	}
+	if c != want {
+		t.Fatalf("got %+v\nwant %+v", c, want)
+	}
+}
+
+func TestDecodeIPv6DualStack(t *testing.T) {
+	// An IPv4 client of a dual-stack [::] listener: the kernel reports the
+	// client as v4-mapped; the listener stays [::].
+	mapped := netip.MustParseAddr("::ffff:127.0.0.1").As16()
+	e := bpfLwEvent{
+		T_acc: 1, Kind: uint16(bpfLwEventKindLW_EV_ACCEPT),
+		Listener: bpfLwListenerKey{Netns: 1, Port: 443, Family: afInet6},
+		Raddr:    mapped, Rport: 5,
+	}
+	var c events.Conn
+	if err := Decode(record(e), &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.Listener.Addr != netip.IPv6Unspecified() || c.Client != netip.MustParseAddrPort("127.0.0.1:5") {
+		t.Fatalf("got listener %v client %v", c.Listener.Addr, c.Client)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	var c events.Conn
+	if err := Decode(make([]byte, EventSize-1), &c); !errors.Is(err, ErrShortRecord) {
+		t.Fatalf("short record: %v", err)
+	}
+	if err := Decode(record(bpfLwEvent{Kind: 99}), &c); !errors.Is(err, ErrUnknownKind) {
+		t.Fatalf("unknown kind: %v", err)
+	}
+	if err := Decode(nil, &c); !errors.Is(err, ErrShortRecord) {
+		t.Fatalf("nil record: %v", err)
+	}
+}
+
+func TestDecodeDoesNotAllocate(t *testing.T) {
+	b := record(bpfLwEvent{Kind: uint16(bpfLwEventKindLW_EV_ACCEPT), T_acc: 1, Listener: bpfLwListenerKey{Family: afInet6}})
+	var c events.Conn
+	if a := testing.AllocsPerRun(1000, func() { _ = Decode(b, &c) }); a != 0 {
+		t.Fatalf("Decode allocates %.1f times per record", a)
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	raw := record(bpfLwEvent{Kind: uint16(bpfLwEventKindLW_EV_ACCEPT), T_syn: 1, T_est: 2, T_acc: 3,
+		Listener: bpfLwListenerKey{Family: afInet, Port: 80}})
+	var c events.Conn
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := Decode(raw, &c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestParseProcTCP(t *testing.T) {
+	v4 := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 100 0 0 10 0
+`
+	ls, err := parseProcTCP(v4, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 1 || ls[0].inode != 12345 || ls[0].key.Port != 8080 || ls[0].key.Family != afInet ||
+		ls[0].key.Addr != [16]byte{127, 0, 0, 1} || ls[0].key.Netns != 7 {
+		t.Fatalf("got %+v", ls)
+	}
+	v6 := `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 100 0 0 10 0
+`
+	ls, err = parseProcTCP(v6, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 1 || netip.AddrFrom16(ls[0].key.Addr) != netip.IPv6Loopback() || ls[0].key.Port != 80 {
+		t.Fatalf("got %+v", ls)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []Config{
+		{RingbufSize: 5000},
+		{RingbufSize: 2048},
+		{Mode: "fast"},
+		{RingbufSize: 4096, WakeupBytes: 8192},
+		{PollInterval: time.Microsecond},
+	} {
+		if c.Validate() == nil {
+			t.Errorf("%+v: accepted", c)
+		}
+	}
+	if err := (Config{}).Validate(); err != nil {
+		t.Errorf("defaults rejected: %v", err)
+	}
+}
