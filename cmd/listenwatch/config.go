@@ -1,0 +1,192 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/listenwatch/listenwatch/loader"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	readHeaderTimeout = 10 * time.Second
+	shutdownTimeout   = 5 * time.Second
+	// DefaultMetricsAddr is documented in the README.
+	DefaultMetricsAddr = ":9810"
+)
+
+// Config is everything the command line sets.
+type Config struct {
+	MetricsAddr string
+	MetricsPath string
+	LogLevel    zerolog.Level
+	LogFormat   string // auto, console, json
+	Loader      loader.Config
+}
+
+var errHelp = errors.New("help requested")
+
+const usage = `usage: listenwatch run [flags]
+
+Traces SYN -> handshake -> accept on every TCP listener of this host (all
+network namespaces) and serves Prometheus metrics.
+
+flags:
+`
+
+// parseArgs turns the command line into a Config. Every error is one line.
+func parseArgs(args []string, out io.Writer) (Config, error) {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		if len(args) == 0 {
+			return Config{}, errors.New("missing command (want: listenwatch run; listenwatch -h for help)")
+		}
+		fmt.Fprint(out, usage)
+		fs := newFlagSet(&Config{}, new(string), new(string), new(stageList))
+		fs.SetOutput(out)
+		fs.PrintDefaults()
+		return Config{}, errHelp
+	}
+	if args[0] != "run" {
+		return Config{}, fmt.Errorf("unknown command %q (want: listenwatch run)", args[0])
+	}
+	var (
+		cfg         Config
+		level, mode string
+		disabled    stageList
+	)
+	fs := newFlagSet(&cfg, &level, &mode, &disabled)
+	fs.SetOutput(io.Discard) // errors are printed once, by main
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(out, usage)
+			fs.SetOutput(out)
+			fs.PrintDefaults()
+			return cfg, errHelp
+		}
+		return cfg, fmt.Errorf("%v (see listenwatch run -h)", err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q (see listenwatch run -h)", fs.Arg(0))
+	}
+	var err error
+	if cfg.LogLevel, err = zerolog.ParseLevel(level); err != nil || level == "" {
+		return cfg, fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", level)
+	}
+	switch cfg.LogFormat {
+	case "auto", "console", "json":
+	default:
+		return cfg, fmt.Errorf("--log-format %q: want auto, console or json", cfg.LogFormat)
+	}
+	if cfg.Loader.Mode, err = loader.ParseMode(mode); err != nil {
+		return cfg, fmt.Errorf("--hook-mode: %v", err)
+	}
+	cfg.Loader.Disabled = disabled
+	if _, _, err := net.SplitHostPort(cfg.MetricsAddr); err != nil {
+		return cfg, fmt.Errorf("--metrics-addr %q: %v", cfg.MetricsAddr, err)
+	}
+	if !strings.HasPrefix(cfg.MetricsPath, "/") {
+		return cfg, fmt.Errorf("--metrics-path %q: must start with /", cfg.MetricsPath)
+	}
+	if err := cfg.Loader.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.FlagSet {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "address to serve metrics on")
+	fs.StringVar(&cfg.MetricsPath, "metrics-path", "/metrics", "HTTP path of the metrics")
+	fs.StringVar(level, "log-level", "info", "trace, debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "auto (console on a terminal, else JSON), console or json")
+	fs.StringVar(mode, "hook-mode", "auto", "auto, fentry, kprobe or tracepoint: a forced mode that cannot attach is an error")
+	fs.Var(disabled, "disable-stage", "do not attach this stage: syn, handshake or accept (repeatable)")
+	fs.Func("ringbuf-size", "ring buffer size in bytes, a power of two (default 1048576)", uintFlag(&cfg.Loader.RingbufSize))
+	fs.Func("conn-table-size", "connections tracked between handshake and accept, LRU (default 32768)", uintFlag(&cfg.Loader.ConnTableSize))
+	fs.Func("listener-table-size", "listeners tracked, LRU (default 4096)", uintFlag(&cfg.Loader.ListenerTableSize))
+	fs.DurationVar(&cfg.Loader.PollInterval, "poll-interval", loader.DefaultPollInterval, "how often the ring buffer is drained when the kernel has not woken the reader")
+	return fs
+}
+
+func uintFlag(p *uint32) func(string) error {
+	return func(s string) error {
+		v, err := strconv.ParseUint(s, 0, 32)
+		if err != nil || v == 0 {
+			return fmt.Errorf("want a positive integer")
+		}
+		*p = uint32(v)
+		return nil
+	}
+}
+
+type stageList []loader.Stage
+
+func (s *stageList) String() string { return fmt.Sprint(*s) }
+func (s *stageList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		st, err := loader.ParseStage(part)
+		if err != nil {
+			return err
+		}
+		*s = append(*s, st)
+	}
+	return nil
+}
+
+// newLogger builds the one logger of the process; components get children
+// of it. sampled is for per-connection lines, which must not flood.
+func newLogger(cfg Config) (log, sampled zerolog.Logger) {
+	zerolog.DurationFieldUnit = time.Second
+	zerolog.DurationFieldInteger = false
+	var w io.Writer = os.Stderr
+	isTTY := func() bool { _, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS); return err == nil }
+	if cfg.LogFormat == "console" || (cfg.LogFormat == "auto" && isTTY()) {
+		w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.RFC3339}
+	}
+	log = zerolog.New(w).Level(cfg.LogLevel).With().Timestamp().Logger()
+	sampled = log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second})
+	return log, sampled
+}
+
+// checkPrivileges fails early, in one line, when BPF cannot be loaded.
+func checkPrivileges() error {
+	const capSysAdmin, capPerfmon, capBPF = 21, 38, 39
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return nil // let the loader report the real failure
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		hex, ok := strings.CutPrefix(line, "CapEff:")
+		if !ok {
+			continue
+		}
+		caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			return nil
+		}
+		has := func(c uint) bool { return caps&(1<<c) != 0 }
+		if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) {
+			return nil
+		}
+		return errors.New("missing privileges: run as root, or with CAP_BPF and CAP_PERFMON (and CAP_SYS_RESOURCE on kernels before 5.11)")
+	}
+	return nil
+}
+
+// unwrapOp turns "listen tcp :9810: bind: address already in use" into
+// its last part: the address is already in the message.
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}

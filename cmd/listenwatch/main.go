@@ -1,0 +1,99 @@
+// Command listenwatch traces the life of TCP connections on listening
+// sockets (SYN -> handshake -> accept) and serves Prometheus metrics.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/exporter"
+	"github.com/listenwatch/listenwatch/loader"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+func main() {
+	cfg, err := parseArgs(os.Args[1:], os.Stdout)
+	if errors.Is(err, errHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "listenwatch: %v\n", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "listenwatch: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole pipeline: kernel -> ring buffer -> collector -> HTTP.
+func run(cfg Config) error {
+	log, sampled := newLogger(cfg)
+	if err := checkPrivileges(); err != nil {
+		return err
+	}
+	// Bind first: a taken port should fail before any BPF is loaded.
+	ln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics address %s: %w", cfg.MetricsAddr, unwrapOp(err))
+	}
+	defer ln.Close()
+
+	tracer, err := loader.Open(cfg.Loader, log.With().Str("component", "loader").Logger())
+	if err != nil {
+		return err
+	}
+	defer tracer.Close()
+
+	collector := exporter.New(tracer, log.With().Str("component", "exporter").Logger())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	readErr := make(chan error, 1)
+	go func() {
+		readErr <- tracer.Run(ctx, func(c *events.Conn) {
+			collector.Observe(c)
+			sampled.Debug().Stringer("listener", c.Listener).Stringer("client", c.Client).
+				Dur("handshake", c.Established-c.SYN).Dur("queue_wait", c.Accepted-c.Established).
+				Uint32("pid", c.PID).Msg("connection accepted")
+		})
+	}()
+
+	mux := http.NewServeMux()
+	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "listenwatch: metrics at %s\n", cfg.MetricsPath)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info().Str("addr", ln.Addr().String()).Str("path", cfg.MetricsPath).Msg("serving metrics")
+
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("stopping: detaching programs")
+	case err = <-readErr:
+		if err != nil {
+			err = fmt.Errorf("ring buffer reader: %w", err)
+		}
+	case err = <-serveErr:
+		err = fmt.Errorf("metrics server: %w", err)
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	srv.Shutdown(shutdownCtx)
+	return err
+}
