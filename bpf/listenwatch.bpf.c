@@ -233,9 +233,11 @@ int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int n
 {
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
+	/* A child is cloned from its listener and reports LISTEN -> SYN_RECV:
+	 * only LISTEN -> CLOSE is the listener going away. */
 	if (newstate == TCP_LISTEN)
 		listener_up(sk);
-	else if (oldstate == TCP_LISTEN)
+	else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)
 		listener_down(sk);
 	else if (cfg_tp_handshake && oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
 		child_established(sk);

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -116,6 +117,19 @@ func seedListeners(m *ebpf.Map) (int, error) {
 	}
 	if len(seen) == 0 {
 		return 0, errors.New("no readable /proc/<pid>/ns/net")
+	}
+	// Namespaces kept alive by a bind mount alone (ip netns add) have no
+	// process to read them through: enter each on a locked thread.
+	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
+		paths, _ := filepath.Glob(filepath.Join(dir, "*"))
+		for _, p := range paths {
+			ls, ns, err := readNamedNetns(p, seen)
+			if err != nil || ls == nil {
+				continue
+			}
+			seen[ns] = true
+			found = append(found, ls...)
+		}
 	}
 
 	owners := socketOwners(found)
@@ -248,4 +262,48 @@ func socketOwners(ls []procListener) map[uint64]int {
 		}
 	}
 	return owners
+}
+
+// readNamedNetns reads the listeners of a namespace bind-mounted at path,
+// unless its inode is in skip. It enters the namespace on a locked thread.
+func readNamedNetns(path string, skip map[uint64]bool) ([]procListener, uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil || skip[st.Ino] {
+		return nil, 0, err
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer unix.Close(fd)
+	var out []procListener
+	errc := make(chan error, 1)
+	// A fresh goroutine whose thread is discarded if it cannot go back:
+	// no other goroutine ever runs in the wrong namespace.
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+			ls, err := readProcTCP(f, uint32(st.Ino))
+			if err == nil {
+				out = append(out, ls...)
+			}
+		}
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			errc <- err // thread stays locked and dies with the goroutine
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	return out, st.Ino, <-errc
 }

@@ -1,0 +1,265 @@
+// Package integration proves listenwatch against the real kernel: real
+// listeners in network namespaces the tests create, real clients, and the
+// kernel's own counters as the oracle. Needs root.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/exporter"
+	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/loader"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
+
+// One tracer for the whole package, as on a node: tests tell their traffic
+// apart by network namespace.
+var (
+	tracer    *loader.Tracer
+	collector *exporter.Collector
+	registry  *prometheus.Registry
+	tap       = &eventTap{byClient: map[netip.AddrPort]events.Conn{}}
+	testMode  loader.Mode
+)
+
+// eventTap keeps every decoded connection by client address, so tests can
+// check individual connections against what they measured themselves.
+type eventTap struct {
+	mu       sync.Mutex
+	byClient map[netip.AddrPort]events.Conn
+}
+
+func (e *eventTap) add(c *events.Conn) {
+	e.mu.Lock()
+	e.byClient[c.Client] = *c
+	e.mu.Unlock()
+}
+
+func (e *eventTap) get(a netip.AddrPort) (events.Conn, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.byClient[a]
+	return c, ok
+}
+
+// TestMain attaches listenwatch once. LISTENWATCH_TEST_HOOK_MODE forces a
+// mode (the kernel matrix runs the suite once per mode).
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("integration tests need root (BPF, network namespaces): skipped")
+		os.Exit(0)
+	}
+	var err error
+	if v := os.Getenv("LISTENWATCH_TEST_HOOK_MODE"); v != "" {
+		if testMode, err = loader.ParseMode(v); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+	}
+	cfg := loader.Config{Mode: testMode}
+	if v := os.Getenv("LISTENWATCH_TEST_DISABLE_STAGE"); v != "" {
+		st, err := loader.ParseStage(v)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		cfg.Disabled = []loader.Stage{st}
+	}
+	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.InfoLevel)
+	tracer, err = loader.Open(cfg, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "open tracer: %v\n", err)
+		os.Exit(1)
+	}
+	collector = exporter.New(tracer, log)
+	registry = prometheus.NewRegistry()
+	registry.MustRegister(collector)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- tracer.Run(ctx, func(c *events.Conn) {
+			collector.Observe(c)
+			tap.add(c)
+		})
+	}()
+	code := m.Run()
+	cancel()
+	if err := <-done; err != nil {
+		fmt.Fprintf(os.Stderr, "reader: %v\n", err)
+		code = 1
+	}
+	tracer.Close()
+	os.Exit(code)
+}
+
+// listen opens a plain TCP listener with an exact listen() backlog inside
+// ns (Go's net.Listen always asks for somaxconn).
+func listen(t testing.TB, ns *netns.NS, addr netip.AddrPort, backlog int) int {
+	t.Helper()
+	var fd int
+	err := ns.Do(func() error {
+		family := unix.AF_INET6
+		var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+		if addr.Addr().Is4() {
+			family = unix.AF_INET
+			sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+		}
+		var err error
+		if fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.Bind(fd, sa); err != nil {
+			return fmt.Errorf("bind %s: %w", addr, err)
+		}
+		return unix.Listen(fd, backlog)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// acceptOne blocks in accept() and returns the client's address and the
+// moment accept returned.
+func acceptOne(fd int) (netip.AddrPort, time.Time, int, error) {
+	nfd, sa, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+	at := time.Now()
+	if err != nil {
+		return netip.AddrPort{}, at, -1, err
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), at, nfd, nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)), at, nfd, nil
+	}
+	return netip.AddrPort{}, at, nfd, fmt.Errorf("unexpected peer %T", sa)
+}
+
+// dial connects from inside ns and returns the connection and the moment
+// connect() returned.
+func dial(ns *netns.NS, to netip.AddrPort) (net.Conn, time.Time, error) {
+	var (
+		c  net.Conn
+		at time.Time
+	)
+	err := ns.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", to.String(), 5*time.Second)
+		at = time.Now()
+		return err
+	})
+	return c, at, err
+}
+
+func clientAddr(c net.Conn) netip.AddrPort {
+	a := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// listener returns the kernel-side counters of one listener.
+func listener(t testing.TB, k events.ListenerKey) loader.Listener {
+	t.Helper()
+	ls, err := tracer.Listeners()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		if l.Key == k {
+			return l
+		}
+	}
+	return loader.Listener{Key: k}
+}
+
+// eventually polls cond until it holds or the timeout passes: the reader
+// drains the ring buffer on a poll interval, so events arrive late.
+func eventually(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// family returns the metric family name from the test registry.
+func family(t testing.TB, name string) *dto.MetricFamily {
+	t.Helper()
+	mfs, err := registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf
+		}
+	}
+	return nil
+}
+
+// histogram returns one listener's histogram, or nil.
+func histogram(t testing.TB, name string, k events.ListenerKey) *dto.Histogram {
+	t.Helper()
+	mf := family(t, name)
+	if mf == nil {
+		return nil
+	}
+	want := map[string]string{"netns": fmt.Sprint(k.Netns), "addr": k.Addr.String(), "port": fmt.Sprint(k.Port)}
+	for _, m := range mf.Metric {
+		if labelsMatch(m, want) {
+			return m.GetHistogram()
+		}
+	}
+	return nil
+}
+
+func labelsMatch(m *dto.Metric, want map[string]string) bool {
+	n := 0
+	for _, lp := range m.Label {
+		if v, ok := want[lp.GetName()]; ok {
+			if v != lp.GetValue() {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(want)
+}
+
+func modeOf(s loader.Stage) loader.Mode {
+	for _, h := range tracer.Hooks() {
+		if h.Stage == s {
+			return h.Mode
+		}
+	}
+	return loader.ModeNone
+}
+
+func stagesString() string {
+	var b strings.Builder
+	for _, h := range tracer.Hooks() {
+		fmt.Fprintf(&b, "%s=%s ", h.Stage, h.Mode)
+	}
+	return b.String()
+}

@@ -1,0 +1,154 @@
+// Package netns gives tests their own network namespaces: created with
+// iproute2, entered per OS thread for the few calls that must run inside
+// (socket creation, /proc/thread-self/net reads), and deleted on cleanup.
+package netns
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// NS is a named network namespace with loopback up.
+type NS struct {
+	Name  string
+	Inode uint32 // what listenwatch reports as netns
+	fd    int
+}
+
+var seq atomic.Uint32
+
+// New creates a namespace that is deleted when the test ends.
+func New(t testing.TB) *NS {
+	t.Helper()
+	name := fmt.Sprintf("lwt-%d-%d", os.Getpid(), seq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	ns, err := Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(ns.fd) })
+	if err := ns.Run("ip", "link", "set", "lo", "up"); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// Open opens an existing named namespace.
+func Open(name string) (*NS, error) {
+	path := "/var/run/netns/" + name
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return &NS{Name: name, Inode: uint32(st.Ino), fd: fd}, nil
+}
+
+// Do runs f on an OS thread inside the namespace. Sockets created in f
+// stay in the namespace after it returns, whatever thread uses them.
+func (n *NS) Do(f func() error) error {
+	runtime.LockOSThread()
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer unix.Close(orig)
+	if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("setns %s: %w", n.Name, err)
+	}
+	ferr := f()
+	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: the runtime discards it when this
+		// goroutine ends, so no other goroutine runs in the wrong netns.
+		return fmt.Errorf("setns back: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// Run runs a command inside the namespace.
+func (n *NS) Run(name string, args ...string) error {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s in %s: %v: %s", name, strings.Join(args, " "), n.Name, err, out)
+	}
+	return nil
+}
+
+// Sysctl sets a per-namespace sysctl such as net.ipv4.tcp_syncookies.
+func (n *NS) Sysctl(key, value string) error {
+	return n.Do(func() error {
+		return os.WriteFile("/proc/sys/"+strings.ReplaceAll(key, ".", "/"), []byte(value), 0)
+	})
+}
+
+// Netstat reads the namespace's TcpExt and Tcp counters: the kernel's own
+// ground truth for drops and opens.
+func (n *NS) Netstat() (map[string]uint64, error) {
+	out := map[string]uint64{}
+	err := n.Do(func() error {
+		for _, f := range []string{"/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"} {
+			if err := readCounters(f, out); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// readCounters parses the header/value line pairs of /proc/net/netstat.
+func readCounters(path string, out map[string]uint64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	var header []string
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		if header == nil || header[0] != fields[0] {
+			header = fields
+			continue
+		}
+		prefix := strings.TrimSuffix(fields[0], ":")
+		for i := 1; i < len(fields) && i < len(header); i++ {
+			if v, err := strconv.ParseUint(fields[i], 10, 64); err == nil {
+				out[prefix+"."+header[i]] = v
+			}
+		}
+		header = nil
+	}
+	return sc.Err()
+}
+
+// Delta returns after[k]-before[k] for each key.
+func Delta(before, after map[string]uint64, keys ...string) map[string]uint64 {
+	d := map[string]uint64{}
+	for _, k := range keys {
+		d[k] = after[k] - before[k]
+	}
+	return d
+}
