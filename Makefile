@@ -1,0 +1,58 @@
+# listenwatch. `make run` and `make test` are the two commands the README
+# promises work on a fresh machine (root, Linux with BTF, Go).
+
+GO      ?= go
+BIN     := bin/listenwatch
+GOFLAGS ?=
+
+.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean
+
+all: build
+
+build:
+	$(GO) build $(GOFLAGS) -o $(BIN) ./cmd/listenwatch
+
+# The exporter on this host with the default configuration (metrics on :9810).
+run: build
+	./$(BIN) run
+
+# The whole suite, as CI runs it: tool install, generated code check, unit
+# and integration tests against this kernel (root), then the kernel matrix.
+test: deps generate-check vet
+	$(GO) test -count=1 -p 1 ./...
+
+unit:
+	$(GO) test -count=1 ./events/ ./exporter/ ./loader/ ./cmd/...
+
+integration:
+	$(GO) test -count=1 -v ./integration/
+
+deps:
+	./scripts/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+
+# Rebuilds the BPF object and its Go bindings (bpf2go, clang-16).
+generate:
+	$(GO) generate ./loader/
+
+# The committed bpf2go output must be what `make generate` produces.
+generate-check: generate
+	@git diff --exit-code --stat -- loader/ || { echo "generated files differ from the committed ones: run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- loader/)" || { git status --short -- loader/; echo "untracked generated files"; exit 1; }
+
+# Regenerates bpf/vmlinux.h from this kernel's BTF (not part of generate:
+# the committed header pins the types the object is compiled against).
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
+
+bench: build
+	$(GO) run ./bench/cmd/lwbench
+
+vmtest:
+	./scripts/vmtest.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/listenwatch/listenwatch/loader"
+	"github.com/rs/zerolog"
+)
+
+func TestParseArgsDefaults(t *testing.T) {
+	cfg, err := parseArgs([]string{"run"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MetricsAddr != ":9810" || cfg.MetricsPath != "/metrics" || cfg.LogLevel != zerolog.InfoLevel ||
+		cfg.Loader.Mode != loader.ModeAuto || cfg.Loader.PollInterval != loader.DefaultPollInterval {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+func TestParseArgsSettings(t *testing.T) {
+	cfg, err := parseArgs([]string{"run", "--hook-mode=tracepoint", "--disable-stage=syn,accept",
+		"--ringbuf-size=65536", "--log-level=debug", "--metrics-addr=127.0.0.1:0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Loader.Mode != loader.ModeTracepoint || len(cfg.Loader.Disabled) != 2 || cfg.Loader.RingbufSize != 65536 ||
+		cfg.LogLevel != zerolog.DebugLevel || cfg.MetricsAddr != "127.0.0.1:0" {
+		t.Fatalf("settings ignored: %+v", cfg)
+	}
+}
+
+func TestParseArgsErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"serve"},
+		{"run", "--bogus"},
+		{"run", "--hook-mode=fast"},
+		{"run", "--disable-stage=registry"},
+		{"run", "--ringbuf-size=5000"},
+		{"run", "--ringbuf-size=-1"},
+		{"run", "--log-level=loud"},
+		{"run", "--log-format=xml"},
+		{"run", "--metrics-addr=9810"},
+		{"run", "--metrics-path=metrics"},
+		{"run", "extra"},
+	} {
+		if _, err := parseArgs(args, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		} else if strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: error is not one line: %q", args, err)
+		}
+	}
+}
+
+// TestExitCodes runs the built command: one line on stderr, non-zero exit.
+func TestExitCodes(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "listenwatch")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"run", "--nope"}, 2, "flag provided but not defined: -nope"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"run", "--metrics-addr", busy.Addr().String()}, 1, "address already in use"},
+	}
+	if os.Geteuid() != 0 {
+		cases = cases[:2]
+	}
+	for _, c := range cases {
+		cmd := exec.Command(bin, c.args...)
+		out, err := cmd.CombinedOutput()
+		code := cmd.ProcessState.ExitCode()
+		if err == nil || code != c.code {
+			t.Errorf("%v: exit %d, want %d", c.args, code, c.code)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(lines) != 1 || !strings.Contains(lines[0], c.want) {
+			t.Errorf("%v: output %q, want one line with %q", c.args, out, c.want)
+		}
+	}
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs what building the BPF object and running the tests need, from
+# Debian's packages. Idempotent: does nothing when everything is there.
+# Usage: scripts/install-deps.sh [vm]   (vm: also qemu for make vmtest)
+set -eu
+
+pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps"
+if [ "${1:-}" = vm ]; then
+	pkgs="$pkgs qemu-system-x86 busybox-static cpio"
+fi
+
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -z "$missing" ]; then
+	exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+	echo "install-deps: missing packages:$missing (run as root)" >&2
+	exit 1
+fi
+echo "install-deps: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
