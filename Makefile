@@ -49,7 +49,8 @@ vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
 bench: build
-	$(GO) run ./bench/cmd/lwbench
+	$(GO) test -run "^$$" -bench . -benchmem ./events/ ./loader/ ./exporter/
+	$(GO) run ./bench -agent $(BIN) $(BENCHFLAGS)
 
 vmtest:
 	./scripts/vmtest.sh

@@ -106,6 +106,25 @@ static __always_inline void key_from_sk(struct lw_listener_key *k, const struct 
 	}
 }
 
+/* The same, for a socket pointer the verifier knows the type of (tp_btf,
+ * fentry arguments): plain loads instead of a helper call per field, the
+ * difference between ~50 and ~200 ns on the busiest program. */
+static __always_inline void key_from_btf_sk(struct lw_listener_key *k, const struct sock *sk)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = sk->__sk_common.skc_net.net->ns.inum;
+	k->port = sk->__sk_common.skc_num;
+	k->family = sk->__sk_common.skc_family;
+	if (k->family == AF_INET) {
+		__u32 a = sk->__sk_common.skc_rcv_saddr;
+		__builtin_memcpy(k->addr, &a, 4);
+	} else {
+		const __u32 *a = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32;
+		__u32 w[4] = { a[0], a[1], a[2], a[3] };
+		__builtin_memcpy(k->addr, w, 16);
+	}
+}
+
 /* The listener a packet or child to (netns, family, addr, port) belongs to:
  * the specific address first, then the wildcard, then, for IPv4, a
  * dual-stack IPv6 wildcard; the kernel's own preference order. */
@@ -154,7 +173,7 @@ static __always_inline void submit(struct lw_event *e)
 static __always_inline void listener_up(const struct sock *sk)
 {
 	struct lw_listener_key k;
-	key_from_sk(&k, sk);
+	key_from_btf_sk(&k, sk);
 	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
 	if (!st) {
 		struct lw_listener_stats fresh = {};
@@ -164,14 +183,14 @@ static __always_inline void listener_up(const struct sock *sk)
 			return;
 	}
 	__sync_fetch_and_add(&st->sockets, 1);
-	st->backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	st->backlog = sk->sk_max_ack_backlog;
 	set_owner(st);
 }
 
 static __always_inline void listener_down(const struct sock *sk)
 {
 	struct lw_listener_key k;
-	key_from_sk(&k, sk);
+	key_from_btf_sk(&k, sk);
 	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
 	if (st && st->sockets > 0)
 		__sync_fetch_and_add(&st->sockets, -1);
@@ -208,6 +227,8 @@ static __always_inline void child_established(const struct sock *sk)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 t_syn = 0;
 	__u32 flags = 0;
+	/* The verifier types sk as struct sock: tcp_sock fields are read
+	 * through the helper. */
 	__u32 retrans = BPF_CORE_READ(tp, total_retrans);
 	__u32 srtt = BPF_CORE_READ(tp, srtt_us);
 	if (retrans == 0 && srtt) {
@@ -224,22 +245,33 @@ static __always_inline void child_established(const struct sock *sk)
 		}
 	}
 	struct lw_listener_key k;
-	key_from_sk(&k, sk);
+	key_from_btf_sk(&k, sk);
 	handshake_done((__u64)sk, &k, t_syn, flags);
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	/* A child is cloned from its listener and reports LISTEN -> SYN_RECV:
-	 * only LISTEN -> CLOSE is the listener going away. */
+	/* Most transitions are of no interest: decide on the arguments alone
+	 * before touching the socket. A child is cloned from its listener and
+	 * reports LISTEN -> SYN_RECV: only LISTEN -> CLOSE is a listener going
+	 * away. */
+	int what;
 	if (newstate == TCP_LISTEN)
-		listener_up(sk);
+		what = 1;
 	else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)
-		listener_down(sk);
+		what = 2;
 	else if (cfg_tp_handshake && oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
+		what = 3;
+	else
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (what == 1)
+		listener_up(sk);
+	else if (what == 2)
+		listener_down(sk);
+	else
 		child_established(sk);
 	return 0;
 }
@@ -375,7 +407,9 @@ SEC("fentry/tcp_conn_request")
 int BPF_PROG(lw_fentry_conn_request, struct request_sock_ops *rsk_ops, void *af_ops,
 	     struct sock *sk, struct sk_buff *skb)
 {
-	syn_at_listener(sk);
+	struct lw_listener_key k;
+	key_from_btf_sk(&k, sk);
+	syn_seen(&k);
 	return 0;
 }
 
@@ -396,27 +430,33 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 	if ((__u64)location < cfg_rsp_lo || (__u64)location >= cfg_rsp_hi)
 		return 0;
 
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 th = BPF_CORE_READ(skb, transport_header);
-	__u8 tcp[14];
-	if (bpf_probe_read_kernel(tcp, sizeof(tcp), head + th))
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
+	__u16 th = skb->transport_header;
+	/* IPv4 header without options or the IPv6 header, then the TCP ports
+	 * and flags, in one read. */
+	__u8 h[40 + 14];
+	__u32 off = (__u16)(th - nh);
+	if (off != 20 && off != 40)
+		return 0; /* IP options or IPv6 extension headers: not a plain SYN */
+	if (bpf_probe_read_kernel(h, sizeof(h), head + nh))
 		return 0;
+	const __u8 *tcp = off == 20 ? &h[20] : &h[40];
 	if ((tcp[13] & 0x12) != 0x02) /* SYN without ACK */
 		return 0;
 
 	struct lw_listener_key k = {};
-	__u8 ver = 0;
-	bpf_probe_read_kernel(&ver, 1, head + nh);
-	if ((ver >> 4) == 4) {
+	if ((h[0] >> 4) == 4 && off == 20) {
 		k.family = AF_INET;
-		bpf_probe_read_kernel(k.addr, 4, head + nh + 16); /* daddr */
-	} else {
+		__builtin_memcpy(k.addr, &h[16], 4); /* daddr */
+	} else if ((h[0] >> 4) == 6 && off == 40) {
 		k.family = AF_INET6;
-		bpf_probe_read_kernel(k.addr, 16, head + nh + 24); /* daddr */
+		__builtin_memcpy(k.addr, &h[24], 16); /* daddr */
+	} else {
+		return 0;
 	}
 	k.port = ((__u16)tcp[2] << 8) | tcp[3];
-	struct dst_entry *dst = (void *)(BPF_CORE_READ(skb, _skb_refdst) & ~1UL);
+	struct dst_entry *dst = (void *)(skb->_skb_refdst & ~1UL);
 	k.netns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
 	syn_seen(&k);
 	return 0;

@@ -1,0 +1,539 @@
+// Command bench measures what listenwatch costs under a connection storm:
+// accept throughput with and without the agent, side by side in one run
+// (A B A B ...), the BPF time per connection, the agent's CPU, RSS and
+// ring-buffer losses, and a SYN flood round. Run with `make bench` as root.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/listenwatch/listenwatch/internal/netns"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
+)
+
+type pair struct {
+	Without   float64 `json:"without_conn_per_s"`
+	With      float64 `json:"with_conn_per_s"`
+	Ratio     float64 `json:"ratio"`
+	AgentCPU  float64 `json:"agent_cpu_seconds"`
+	AgentConn int64   `json:"with_connections"`
+	Lost      float64 `json:"ringbuf_lost"`
+}
+
+type progCost struct {
+	Name      string  `json:"program"`
+	Runs      float64 `json:"runs"`
+	NsPerRun  float64 `json:"ns_per_run"`
+	NsPerConn float64 `json:"ns_per_conn"`
+}
+
+type result struct {
+	Kernel           string     `json:"kernel"`
+	Cores            int        `json:"cores"`
+	RoundSeconds     float64    `json:"round_seconds"`
+	Clients          int        `json:"clients"`
+	Modes            string     `json:"hook_modes"`
+	Pairs            []pair     `json:"pairs"`
+	MedianRatio      float64    `json:"median_ratio"`
+	BPF              []progCost `json:"bpf"`
+	BPFNsPerConn     float64    `json:"bpf_ns_per_conn"`
+	CPUPer100k       float64    `json:"agent_cpu_seconds_per_100k_conn"`
+	CPUPctPer10kRate float64    `json:"agent_cpu_percent_per_10k_conn_per_s"`
+	PeakRSSMiB       float64    `json:"agent_peak_rss_mib"`
+	StormLost        float64    `json:"storm_ringbuf_lost"`
+	Flood            *flood     `json:"syn_flood,omitempty"`
+}
+
+type flood struct {
+	Seconds        float64 `json:"seconds"`
+	SYNsSeen       float64 `json:"syns_seen"`
+	RSSStartMiB    float64 `json:"agent_rss_start_mib"`
+	RSSEndMiB      float64 `json:"agent_rss_end_mib"`
+	CPUPercent     float64 `json:"agent_cpu_percent"`
+	Lost           float64 `json:"ringbuf_lost"`
+	Scrapes        int     `json:"scrapes_ok"`
+	ScrapesFailed  int     `json:"scrapes_failed"`
+}
+
+var (
+	agentBin   = flag.String("agent", "bin/listenwatch", "listenwatch binary")
+	pairs      = flag.Int("pairs", 5, "A/B pairs")
+	roundDur   = flag.Duration("round", 4*time.Second, "duration of a round")
+	clients    = flag.Int("clients", 4, "client goroutines")
+	floodDur   = flag.Duration("flood", 30*time.Second, "SYN flood duration (0: skip)")
+	jsonOut    = flag.String("json", "bench-results.json", "write the figures here as JSON")
+	agentFlags = flag.String("agent-flags", "", "extra flags for listenwatch run")
+)
+
+const metricsAddr = "127.0.0.1:19810"
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (BPF, network namespaces)")
+	}
+	ns, cleanup, err := setupNetns()
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	srv, err := startServer(ns, "10.77.0.1:8080")
+	if err != nil {
+		return err
+	}
+	var u unix.Utsname
+	unix.Uname(&u)
+	res := result{Kernel: unix.ByteSliceToString(u.Release[:]), Cores: runtime.NumCPU(),
+		RoundSeconds: roundDur.Seconds(), Clients: *clients}
+
+	// Warm-up: first connections pay for page faults and route caches.
+	storm(ns, srv, time.Second)
+
+	var ratios []float64
+	for i := range *pairs {
+		without := storm(ns, srv, *roundDur)
+		ag, err := startAgent()
+		if err != nil {
+			return err
+		}
+		cpu0 := ag.cpuSeconds()
+		lost0 := ag.metric("listenwatch_ringbuf_lost_events_total")
+		n := stormCount(ns, srv, *roundDur)
+		with := float64(n) / roundDur.Seconds()
+		p := pair{Without: without, With: with, Ratio: with / without, AgentCPU: ag.cpuSeconds() - cpu0,
+			AgentConn: n, Lost: ag.metric("listenwatch_ringbuf_lost_events_total") - lost0}
+		res.Modes = ag.modes()
+		if rss := ag.peakRSSMiB(); rss > res.PeakRSSMiB {
+			res.PeakRSSMiB = rss
+		}
+		ag.stop()
+		res.Pairs = append(res.Pairs, p)
+		ratios = append(ratios, p.Ratio)
+		res.StormLost += p.Lost
+		fmt.Fprintf(os.Stderr, "pair %d: without %.0f/s with %.0f/s ratio %.3f\n", i+1, without, with, p.Ratio)
+	}
+	res.MedianRatio = median(ratios)
+	var cpu, conns float64
+	for _, p := range res.Pairs {
+		cpu += p.AgentCPU
+		conns += float64(p.AgentConn)
+	}
+	res.CPUPer100k = cpu / conns * 1e5
+	rate := conns / (float64(len(res.Pairs)) * roundDur.Seconds())
+	res.CPUPctPer10kRate = (cpu / (float64(len(res.Pairs)) * roundDur.Seconds()) * 100) / (rate / 1e4)
+
+	// BPF cost: a separate round with kernel.bpf_stats_enabled=1, so the
+	// throughput pairs above do not pay for the accounting.
+	if err := bpfCost(ns, srv, &res); err != nil {
+		return err
+	}
+	if *floodDur > 0 {
+		f, err := synFlood(ns, srv)
+		if err != nil {
+			return err
+		}
+		res.Flood = f
+	}
+	printTable(os.Stdout, &res)
+	b, _ := json.MarshalIndent(res, "", "  ")
+	if *jsonOut != "" {
+		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// setupNetns makes the bench namespace (10.77.0.1, the server) and a peer
+// (10.77.0.2, the flood source) joined by a veth. SYN-ACKs to spoofed
+// sources are routed to the peer, which drops them: nothing leaves the box.
+func setupNetns() (*netns.NS, func(), error) {
+	cmds := [][]string{
+		{"netns", "add", "lwbench"},
+		{"netns", "add", "lwbpeer"},
+		{"link", "add", "lwb0", "netns", "lwbench", "type", "veth", "peer", "name", "lwb1", "netns", "lwbpeer"},
+		{"-n", "lwbench", "addr", "add", "10.77.0.1/24", "dev", "lwb0"},
+		{"-n", "lwbpeer", "addr", "add", "10.77.0.2/24", "dev", "lwb1"},
+		{"-n", "lwbench", "link", "set", "lo", "up"},
+		{"-n", "lwbench", "link", "set", "lwb0", "up"},
+		{"-n", "lwbpeer", "link", "set", "lo", "up"},
+		{"-n", "lwbpeer", "link", "set", "lwb1", "up"},
+		{"-n", "lwbench", "route", "add", "default", "via", "10.77.0.2"},
+	}
+	cleanup := func() {
+		exec.Command("ip", "netns", "del", "lwbench").Run()
+		exec.Command("ip", "netns", "del", "lwbpeer").Run()
+	}
+	cleanup()
+	for _, c := range cmds {
+		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+			cleanup()
+			return nil, nil, fmt.Errorf("ip %s: %v: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	ns, err := netns.Open("lwbench")
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return ns, cleanup, nil
+}
+
+type server struct {
+	addr     string
+	accepted atomic.Int64
+}
+
+// startServer is a plain accepting server: accept, close with RST (no
+// TIME_WAIT pile-up over a long storm).
+func startServer(ns *netns.NS, addr string) (*server, error) {
+	s := &server{addr: addr}
+	var ln net.Listener
+	err := ns.Do(func() (err error) {
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false)
+		ln, err = lc.Listen(context.Background(), "tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for range 2 {
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				s.accepted.Add(1)
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}
+		}()
+	}
+	return s, nil
+}
+
+func storm(ns *netns.NS, s *server, d time.Duration) float64 {
+	return float64(stormCount(ns, s, d)) / d.Seconds()
+}
+
+// stormCount connects as fast as the clients can for d and returns how
+// many connections the server accepted meanwhile.
+func stormCount(ns *netns.NS, s *server, d time.Duration) int64 {
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range *clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Each client goroutine lives inside the namespace.
+			ns.Do(func() error {
+				dialer := net.Dialer{Timeout: time.Second}
+				for {
+					select {
+					case <-stop:
+						return nil
+					default:
+					}
+					c, err := dialer.Dial("tcp", s.addr)
+					if err != nil {
+						continue
+					}
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+				}
+			})
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // ramp up
+	start := s.accepted.Load()
+	time.Sleep(d)
+	n := s.accepted.Load() - start
+	close(stop)
+	wg.Wait()
+	return n
+}
+
+type agent struct {
+	cmd *exec.Cmd
+}
+
+func startAgent() (*agent, error) {
+	args := []string{"run", "--metrics-addr", metricsAddr, "--log-format", "json"}
+	if *agentFlags != "" {
+		args = append(args, strings.Fields(*agentFlags)...)
+	}
+	cmd := exec.Command(*agentBin, args...)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start agent: %w", err)
+	}
+	ready := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		var last string
+		for sc.Scan() {
+			last = sc.Text()
+			if strings.Contains(last, "serving metrics") {
+				ready <- nil
+				io.Copy(io.Discard, stderr)
+				return
+			}
+		}
+		ready <- fmt.Errorf("agent exited: %s", last)
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return nil, err
+		}
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		return nil, errors.New("agent did not start in 20s")
+	}
+	return &agent{cmd: cmd}, nil
+}
+
+func (a *agent) stop() {
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.cmd.Wait()
+}
+
+// cpuSeconds is the agent's user+system CPU time, from /proc/PID/stat.
+func (a *agent) cpuSeconds() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+func (a *agent) status(key string) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.cmd.Process.Pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func (a *agent) peakRSSMiB() float64 { return a.status("VmHWM") }
+func (a *agent) rssMiB() float64     { return a.status("VmRSS") }
+
+func scrape() (map[string]*model.Sample, error) {
+	// Decoded into samples keyed by "name{labels}" for easy lookups.
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	vec, err := expfmt.ExtractSamples(&expfmt.DecodeOptions{Timestamp: model.Now()}, mapValues(mfs)...)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*model.Sample{}
+	for _, s := range vec {
+		out[s.Metric.String()] = s
+	}
+	return out, nil
+}
+
+func (a *agent) metric(name string) float64 {
+	m, err := scrape()
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for _, s := range m {
+		if string(s.Metric[model.MetricNameLabel]) == name {
+			sum += float64(s.Value)
+		}
+	}
+	return sum
+}
+
+func (a *agent) modes() string {
+	m, _ := scrape()
+	var parts []string
+	for _, s := range m {
+		if s.Metric[model.MetricNameLabel] == "listenwatch_hook_info" {
+			parts = append(parts, string(s.Metric["stage"])+"="+string(s.Metric["mode"]))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+func perProgram(name string) map[string]float64 {
+	m, _ := scrape()
+	out := map[string]float64{}
+	for _, s := range m {
+		if string(s.Metric[model.MetricNameLabel]) == name {
+			out[string(s.Metric["program"])] = float64(s.Value)
+		}
+	}
+	return out
+}
+
+func bpfCost(ns *netns.NS, s *server, res *result) error {
+	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0); err != nil {
+		return err
+	}
+	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0)
+	ag, err := startAgent()
+	if err != nil {
+		return err
+	}
+	defer ag.stop()
+	t0, r0 := perProgram("listenwatch_bpf_run_seconds_total"), perProgram("listenwatch_bpf_runs_total")
+	n := stormCount(ns, s, *roundDur)
+	t1, r1 := perProgram("listenwatch_bpf_run_seconds_total"), perProgram("listenwatch_bpf_runs_total")
+	res.BPFNsPerConn = 0
+	for name := range t1 {
+		runs := r1[name] - r0[name]
+		ns := (t1[name] - t0[name]) * 1e9
+		pc := progCost{Name: name, Runs: runs, NsPerConn: ns / float64(n)}
+		if runs > 0 {
+			pc.NsPerRun = ns / runs
+		}
+		res.BPF = append(res.BPF, pc)
+		res.BPFNsPerConn += pc.NsPerConn
+	}
+	sort.Slice(res.BPF, func(i, j int) bool { return res.BPF[i].Name < res.BPF[j].Name })
+	return nil
+}
+
+// synFlood sends spoofed SYNs from the peer namespace to the listener for
+// the flood duration, while scraping the agent once a second.
+func synFlood(ns *netns.NS, s *server) (*flood, error) {
+	if _, err := exec.LookPath("hping3"); err != nil {
+		return nil, errors.New("hping3 not installed (scripts/install-deps.sh)")
+	}
+	ag, err := startAgent()
+	if err != nil {
+		return nil, err
+	}
+	defer ag.stop()
+	f := &flood{Seconds: floodDur.Seconds(), RSSStartMiB: ag.rssMiB()}
+	syn0 := ag.metric("listenwatch_listener_syns_received_total")
+	lost0 := ag.metric("listenwatch_ringbuf_lost_events_total")
+	cpu0 := ag.cpuSeconds()
+	_, port, _ := net.SplitHostPort(s.addr)
+	host, _, _ := net.SplitHostPort(s.addr)
+	cmd := exec.Command("ip", "netns", "exec", "lwbpeer", "timeout", "--signal=INT",
+		strconv.Itoa(int(floodDur.Seconds())), "hping3", "-q", "-S", "-p", port, "--flood", "--rand-source", host)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-done:
+			break loop
+		case <-tick.C:
+			if _, err := scrape(); err != nil {
+				f.ScrapesFailed++
+			} else {
+				f.Scrapes++
+			}
+		}
+	}
+	f.CPUPercent = (ag.cpuSeconds() - cpu0) / floodDur.Seconds() * 100
+	f.RSSEndMiB = ag.rssMiB()
+	f.SYNsSeen = ag.metric("listenwatch_listener_syns_received_total") - syn0
+	f.Lost = ag.metric("listenwatch_ringbuf_lost_events_total") - lost0
+	return f, nil
+}
+
+func printTable(w io.Writer, r *result) {
+	fmt.Fprintf(w, "\nlistenwatch bench: kernel %s, %d cores, %d clients, %.0fs rounds, modes: %s\n\n",
+		r.Kernel, r.Cores, r.Clients, r.RoundSeconds, r.Modes)
+	fmt.Fprintf(w, "%-6s %14s %14s %8s %10s %8s\n", "pair", "without conn/s", "with conn/s", "ratio", "agent cpu", "lost")
+	for i, p := range r.Pairs {
+		fmt.Fprintf(w, "%-6d %14.0f %14.0f %8.3f %9.2fs %8.0f\n", i+1, p.Without, p.With, p.Ratio, p.AgentCPU, p.Lost)
+	}
+	fmt.Fprintf(w, "median ratio (with/without): %.3f   (target >= 0.98)\n\n", r.MedianRatio)
+	fmt.Fprintf(w, "%-18s %12s %10s %10s\n", "bpf program", "runs", "ns/run", "ns/conn")
+	for _, p := range r.BPF {
+		fmt.Fprintf(w, "%-18s %12.0f %10.0f %10.0f\n", p.Name, p.Runs, p.NsPerRun, p.NsPerConn)
+	}
+	fmt.Fprintf(w, "BPF time per accepted connection: %.0f ns   (target <= 1500)\n", r.BPFNsPerConn)
+	fmt.Fprintf(w, "agent CPU: %.3f s per 100k connections, %.2f%% of a core per 10k conn/s   (target <= 3%%)\n", r.CPUPer100k, r.CPUPctPer10kRate)
+	fmt.Fprintf(w, "agent peak RSS: %.1f MiB   (target <= 40)   ring-buffer losses in the storm: %.0f   (target 0)\n", r.PeakRSSMiB, r.StormLost)
+	if f := r.Flood; f != nil {
+		fmt.Fprintf(w, "SYN flood %.0fs: %.0f SYNs seen, agent RSS %.1f -> %.1f MiB, CPU %.1f%%, lost %.0f, scrapes ok %d failed %d\n",
+			f.Seconds, f.SYNsSeen, f.RSSStartMiB, f.RSSEndMiB, f.CPUPercent, f.Lost, f.Scrapes, f.ScrapesFailed)
+	}
+	fmt.Fprintln(w)
+}
+
+func mapValues(m map[string]*dtoFamily) []*dtoFamily {
+	out := make([]*dtoFamily, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+type dtoFamily = dto.MetricFamily
