@@ -66,14 +66,14 @@ type result struct {
 }
 
 type flood struct {
-	Seconds        float64 `json:"seconds"`
-	SYNsSeen       float64 `json:"syns_seen"`
-	RSSStartMiB    float64 `json:"agent_rss_start_mib"`
-	RSSEndMiB      float64 `json:"agent_rss_end_mib"`
-	CPUPercent     float64 `json:"agent_cpu_percent"`
-	Lost           float64 `json:"ringbuf_lost"`
-	Scrapes        int     `json:"scrapes_ok"`
-	ScrapesFailed  int     `json:"scrapes_failed"`
+	Seconds       float64 `json:"seconds"`
+	SYNsSeen      float64 `json:"syns_seen"`
+	RSSStartMiB   float64 `json:"agent_rss_start_mib"`
+	RSSEndMiB     float64 `json:"agent_rss_end_mib"`
+	CPUPercent    float64 `json:"agent_cpu_percent"`
+	Lost          float64 `json:"ringbuf_lost"`
+	Scrapes       int     `json:"scrapes_ok"`
+	ScrapesFailed int     `json:"scrapes_failed"`
 }
 
 var (
