@@ -35,6 +35,7 @@ volatile const __u64 cfg_rsp_lo = 0;        /* tcp_rcv_state_process start */
 volatile const __u64 cfg_rsp_hi = 0;        /* and end (next symbol) */
 volatile const __u64 cfg_wakeup_bytes = 0;  /* wake the reader past this backlog */
 volatile const bool cfg_tp_handshake = false; /* handshake stage via inet_sock_set_state */
+volatile const bool cfg_tp_accept = false;    /* accept stage via sys_exit_accept (else errors only) */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -84,6 +85,8 @@ const enum lw_counter *unused_counter __attribute__((unused));
 const enum lw_event_kind *unused_kind __attribute__((unused));
 const enum lw_flag *unused_flag __attribute__((unused));
 const struct lw_conn *unused_conn __attribute__((unused));
+const enum lw_drop *unused_drop __attribute__((unused));
+const enum lw_accept_err *unused_aerr __attribute__((unused));
 
 static __always_inline void count(__u32 idx)
 {
@@ -175,15 +178,25 @@ static __always_inline void listener_up(const struct sock *sk)
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
 	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
-	if (!st) {
+	if (!st || st->sockets <= 0) {
+		/* A new life for this identity: the entry of a closed listener
+		 * (or of a dead namespace whose inode was reused) starts over,
+		 * which Prometheus reads as a counter reset. */
 		struct lw_listener_stats fresh = {};
-		bpf_map_update_elem(&lw_listeners, &k, &fresh, BPF_NOEXIST);
+		bpf_map_update_elem(&lw_listeners, &k, &fresh, BPF_ANY);
 		st = bpf_map_lookup_elem(&lw_listeners, &k);
 		if (!st)
 			return;
 	}
 	__sync_fetch_and_add(&st->sockets, 1);
 	st->backlog = sk->sk_max_ack_backlog;
+	st->sk = (__u64)sk;
+	st->last_drops = sk->sk_drops.counter;
+	/* listen(2) runs this in process context: its second argument is the
+	 * backlog the application asked for, before the somaxconn cap. */
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (regs && regs->orig_ax == 50 /* __NR_listen, x86-64 */)
+		st->req_backlog = regs->si;
 	set_owner(st);
 }
 
@@ -194,6 +207,8 @@ static __always_inline void listener_down(const struct sock *sk)
 	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
 	if (st && st->sockets > 0)
 		__sync_fetch_and_add(&st->sockets, -1);
+	if (st && st->sk == (__u64)sk)
+		st->sk = 0; /* never read a freed socket's queues */
 }
 
 /* ---- handshake ----------------------------------------------------------- */
@@ -420,6 +435,39 @@ int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
 	return 0;
 }
 
+/* What became of the SYN just handled by a listener. A SYN that is refused
+ * has no drop event (it is consumed); what shows is the listener's drop
+ * count, bumped by tcp_listendrop(). Drop events on the listener refresh
+ * last_drops, so the change since then is this SYN's. With the accept queue
+ * full it was a listen overflow; else with the SYN queue full, a SYN-queue
+ * drop. A SYN that left the SYN queue full without growing it was answered
+ * with a cookie (inferred: exact unless requests expired in between). */
+static __always_inline void syn_outcome(struct lw_listener_stats *st)
+{
+	const struct sock *sk = (const struct sock *)st->sk;
+	if (!sk)
+		return;
+	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
+	__u32 qlen = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	__u32 ackq = BPF_CORE_READ(sk, sk_ack_backlog);
+	__u32 max = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	__u32 d = drops - st->last_drops;
+	st->last_drops = drops;
+	if (d) {
+		__u32 why = LW_DROP_OTHER;
+		if (ackq > max)
+			why = LW_DROP_ACCEPTQ_SYN;
+		else if (qlen > max)
+			why = LW_DROP_SYNQ_FULL;
+		__sync_fetch_and_add(&st->drops[why], 1);
+		if (d > 1 && d < 1024) /* drops no event showed */
+			__sync_fetch_and_add(&st->drops[LW_DROP_OTHER], d - 1);
+	} else if (qlen > max && qlen <= st->last_qlen) {
+		__sync_fetch_and_add(&st->cookies_sent, 1);
+	}
+	st->last_qlen = qlen;
+}
+
 /* Tracepoint mode: every SYN a listener handles (accepted, cookie or
  * dropped) ends in consume_skb() inside tcp_rcv_state_process; nothing else
  * fires per SYN. The skb carries no socket, so the listener is found from
@@ -458,7 +506,66 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 	k.port = ((__u16)tcp[2] << 8) | tcp[3];
 	struct dst_entry *dst = (void *)(skb->_skb_refdst & ~1UL);
 	k.netns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
-	syn_seen(&k);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st) {
+		count(LW_C_UNATTRIBUTED_SYN);
+		return 0;
+	}
+	__sync_fetch_and_add(&st->syns, 1);
+	syn_outcome(st);
+	return 0;
+}
+
+/* ---- drops after the SYN --------------------------------------------------- */
+
+/* The final ACK (or a cookie ACK) of a connection the full accept queue
+ * cannot take is freed with the listener as rx_sk (6.11+; reason
+ * TCP_LISTEN_OVERFLOW since 6.15, NO_SOCKET from cookie_v4_check). Reason
+ * numbers differ per kernel: resolved by name. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(lw_tp_kfree, struct sk_buff *skb, void *location, enum skb_drop_reason reason,
+	     struct sock *rx_sk)
+{
+	if (!rx_sk || rx_sk->__sk_common.skc_state != TCP_LISTEN)
+		return 0;
+	if (rx_sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	struct lw_listener_key k;
+	key_from_btf_sk(&k, rx_sk);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st)
+		return 0;
+	__u32 drops = rx_sk->sk_drops.counter;
+	__u32 d = drops - st->last_drops;
+	st->last_drops = drops;
+	if (!st->sk)
+		st->sk = (__u64)rx_sk;
+	if (!d)
+		return 0; /* not a listen drop (e.g. a stray segment) */
+	bool full = rx_sk->sk_ack_backlog > rx_sk->sk_max_ack_backlog;
+	__u32 overflow = bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW) ?
+		bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW) : ~0u;
+	__u32 nosock = bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NO_SOCKET);
+	if (reason == overflow || (full && reason == nosock && overflow == ~0u)) {
+		__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_ACK], 1);
+	} else if (full && reason == nosock) {
+		__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_COOKIE_ACK], 1);
+	} else {
+		/* One drop, counted twice in sk_drops (tcp_listendrop and the
+		 * discard path): it is still one ListenDrop. */
+		__sync_fetch_and_add(&st->drops[LW_DROP_OTHER], 1);
+	}
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(lw_tp_synack, const struct sock *sk, const struct request_sock *req)
+{
+	struct lw_listener_key k;
+	key_from_btf_sk(&k, sk);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (st)
+		__sync_fetch_and_add(&st->synack_retrans, 1);
 	return 0;
 }
 
@@ -561,9 +668,36 @@ struct sys_exit_args {
 	__s64 ret;
 };
 
+#define EMFILE 24
+#define ENFILE 23
+
+/* accept() failed for want of a file descriptor: the connection stays in
+ * the queue. The listening fd is the syscall's first argument, still in
+ * the saved user registers. */
+static __always_inline void accept_failed(long err)
+{
+	__u32 which = err == -EMFILE ? LW_AERR_EMFILE : LW_AERR_ENFILE;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return;
+	const struct sock *sk = sock_of_fd(regs->di);
+	if (!sk)
+		return;
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (st)
+		__sync_fetch_and_add(&st->accept_errors[which], 1);
+}
+
 static __always_inline int on_accept_exit(struct sys_exit_args *ctx)
 {
-	if (ctx->ret < 0)
+	if (ctx->ret < 0) {
+		if (ctx->ret == -EMFILE || ctx->ret == -ENFILE)
+			accept_failed(ctx->ret);
+		return 0;
+	}
+	if (!cfg_tp_accept)
 		return 0;
 	const struct sock *child = sock_of_fd(ctx->ret);
 	if (child)

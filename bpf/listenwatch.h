@@ -13,6 +13,22 @@ struct lw_listener_key {
 	__u8 addr[16];
 };
 
+/* Why a listener refused a connection; each maps to kernel counters. */
+enum lw_drop {
+	LW_DROP_ACCEPTQ_SYN = 0,    /* SYN while the accept queue was full (ListenOverflows) */
+	LW_DROP_ACCEPTQ_ACK,        /* final ACK while the accept queue was full (ListenOverflows) */
+	LW_DROP_ACCEPTQ_COOKIE_ACK, /* cookie ACK while the accept queue was full (ListenOverflows) */
+	LW_DROP_SYNQ_FULL,          /* SYN dropped, SYN queue full, no cookies (TCPReqQFullDrop) */
+	LW_DROP_OTHER,              /* any other ListenDrops on this listener */
+	LW_DROP_MAX,
+};
+
+enum lw_accept_err {
+	LW_AERR_EMFILE = 0, /* per-process fd limit (RLIMIT_NOFILE) */
+	LW_AERR_ENFILE,     /* system-wide file limit (fs.file-max) */
+	LW_AERR_MAX,
+};
+
 /* Per-listener counters, written with atomic adds by every stage and read by
  * the exporter at scrape time. */
 struct lw_listener_stats {
@@ -20,8 +36,17 @@ struct lw_listener_stats {
 	__u64 handshakes; /* children created by a completed handshake */
 	__u64 accepted;   /* children returned by accept() */
 	__s64 sockets;    /* listening sockets with this identity now */
+	__u64 drops[LW_DROP_MAX];
+	__u64 cookies_sent;   /* SYNs answered with a SYN cookie */
+	__u64 synack_retrans; /* SYN-ACKs retransmitted */
+	__u64 accept_errors[LW_AERR_MAX];
+	__u64 sk;             /* a listening socket of this identity, for queue reads */
+	__u32 last_drops;     /* the listener's sk_drops at the last SYN or drop seen */
+	__u32 last_qlen;      /* its SYN-queue length at the last SYN seen */
 	__u32 pid;        /* process that called listen() or accept() */
 	__u32 backlog;    /* sk_max_ack_backlog: the effective backlog */
+	__u32 req_backlog; /* the backlog listen() asked for; 0 if unknown */
+	__u32 _pad;
 	char comm[16];
 };
 

@@ -45,12 +45,13 @@ type Collector struct {
 	listeners atomic.Pointer[map[events.ListenerKey]*listenerState]
 	mu        sync.Mutex
 
-	syns, handshakes, accepted, sockets, backlog, info  *prometheus.Desc
-	handshakeDur, queueWait, synToAccept, incomplete    *prometheus.Desc
-	hookInfo, lost, records, decodeErrors, unattributed *prometheus.Desc
-	recursionMisses, runSeconds, runs, scrapeErrors     *prometheus.Desc
-	unattributedEvents                                  atomic.Uint64
-	scrapeErrorCount                                    atomic.Uint64
+	syns, handshakes, accepted, sockets, backlog, info   *prometheus.Desc
+	reqBacklog, drops, cookies, synackRetx, acceptErrors *prometheus.Desc
+	handshakeDur, queueWait, synToAccept, incomplete     *prometheus.Desc
+	hookInfo, lost, records, decodeErrors, unattributed  *prometheus.Desc
+	recursionMisses, runSeconds, runs, scrapeErrors      *prometheus.Desc
+	unattributedEvents                                   atomic.Uint64
+	scrapeErrorCount                                     atomic.Uint64
 }
 
 // New builds a collector reading src. Descriptors are built once here.
@@ -63,12 +64,17 @@ func New(src Source, log zerolog.Logger) *Collector {
 		src: src,
 		log: log,
 
-		syns:       d("listener_syns_received_total", "SYNs that reached the listener: queued, answered with a cookie, or dropped.", ll...),
-		handshakes: d("listener_handshakes_completed_total", "Handshakes completed: child sockets put in the accept queue.", ll...),
-		accepted:   d("listener_connections_accepted_total", "Connections returned to the application by accept().", ll...),
-		sockets:    d("listener_sockets", "Listening sockets with this address now (more than 1 with SO_REUSEPORT; 0 after close).", ll...),
-		backlog:    d("listener_backlog", "Effective accept-queue limit (sk_max_ack_backlog = min(listen() backlog, net.core.somaxconn)); 0 if the listener predates the agent.", ll...),
-		info:       d("listener_info", "Process that owns the listener (last to call listen() or accept()).", append(ll, "pid", "comm")...),
+		syns:         d("listener_syns_received_total", "SYNs that reached the listener: queued, answered with a cookie, or dropped.", ll...),
+		handshakes:   d("listener_handshakes_completed_total", "Handshakes completed: child sockets put in the accept queue.", ll...),
+		accepted:     d("listener_connections_accepted_total", "Connections returned to the application by accept().", ll...),
+		sockets:      d("listener_sockets", "Listening sockets with this address now (more than 1 with SO_REUSEPORT; 0 after close).", ll...),
+		backlog:      d("listener_backlog", "Effective accept-queue limit (sk_max_ack_backlog = min(listen() backlog, net.core.somaxconn)); 0 if the listener predates the agent.", ll...),
+		reqBacklog:   d("listener_backlog_requested", "Backlog the application passed to listen(), before the net.core.somaxconn cap; 0 if the listener predates the agent.", ll...),
+		drops:        d("listener_drops_total", "Connections the listener refused, by reason: accept_queue_full_* add up to the kernel's ListenOverflows, all reasons to ListenDrops.", append(ll, "reason")...),
+		cookies:      d("listener_syncookies_sent_total", "SYNs answered with a SYN cookie because the SYN queue was full.", ll...),
+		synackRetx:   d("listener_synack_retransmits_total", "SYN-ACKs retransmitted: final ACKs lost or clients that never complete.", ll...),
+		acceptErrors: d("listener_accept_errors_total", "accept() calls that failed for want of a file descriptor, by errno (EMFILE: process limit, ENFILE: system limit); the connection stays queued.", append(ll, "errno")...),
+		info:         d("listener_info", "Process that owns the listener (last to call listen() or accept()).", append(ll, "pid", "comm")...),
 
 		handshakeDur: d("handshake_duration_seconds", "Time from SYN-ACK sent to handshake complete (final ACK received), per accepted connection.", ll...),
 		queueWait:    d("accept_queue_wait_seconds", "Time a completed connection waited in the accept queue until accept() returned it.", ll...),
@@ -143,6 +149,7 @@ func (c *Collector) Observe(conn *events.Conn) {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.syns, c.handshakes, c.accepted, c.sockets, c.backlog, c.info,
+		c.reqBacklog, c.drops, c.cookies, c.synackRetx, c.acceptErrors,
 		c.handshakeDur, c.queueWait, c.synToAccept, c.incomplete,
 		c.hookInfo, c.lost, c.records, c.decodeErrors, c.unattributed,
 		c.recursionMisses, c.runSeconds, c.runs, c.scrapeErrors,
@@ -164,6 +171,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(l.Accepted), lv...)
 		ch <- prometheus.MustNewConstMetric(c.sockets, prometheus.GaugeValue, float64(l.Sockets), lv...)
 		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(l.Backlog), lv...)
+		ch <- prometheus.MustNewConstMetric(c.reqBacklog, prometheus.GaugeValue, float64(l.RequestedBacklog), lv...)
+		for r, v := range l.Drops {
+			ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(v), append(lv[:3:3], loader.DropReason(r).String())...)
+		}
+		ch <- prometheus.MustNewConstMetric(c.cookies, prometheus.CounterValue, float64(l.CookiesSent), lv...)
+		ch <- prometheus.MustNewConstMetric(c.synackRetx, prometheus.CounterValue, float64(l.SynackRetrans), lv...)
+		ch <- prometheus.MustNewConstMetric(c.acceptErrors, prometheus.CounterValue, float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
+		ch <- prometheus.MustNewConstMetric(c.acceptErrors, prometheus.CounterValue, float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
 		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1,
 			append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm)...)
 	}

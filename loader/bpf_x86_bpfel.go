@@ -20,6 +20,14 @@ type bpfKpArgs struct {
 	OwnReq uint64
 }
 
+type bpfLwAcceptErr uint32
+
+const (
+	bpfLwAcceptErrLW_AERR_EMFILE bpfLwAcceptErr = 0
+	bpfLwAcceptErrLW_AERR_ENFILE bpfLwAcceptErr = 1
+	bpfLwAcceptErrLW_AERR_MAX    bpfLwAcceptErr = 2
+)
+
 type bpfLwConn struct {
 	_        structs.HostLayout
 	T_syn    uint64
@@ -37,6 +45,17 @@ const (
 	bpfLwCounterLW_C_UNATTRIBUTED_HANDSHAKE bpfLwCounter = 2
 	bpfLwCounterLW_C_UNATTRIBUTED_ACCEPT    bpfLwCounter = 3
 	bpfLwCounterLW_C_MAX                    bpfLwCounter = 4
+)
+
+type bpfLwDrop uint32
+
+const (
+	bpfLwDropLW_DROP_ACCEPTQ_SYN        bpfLwDrop = 0
+	bpfLwDropLW_DROP_ACCEPTQ_ACK        bpfLwDrop = 1
+	bpfLwDropLW_DROP_ACCEPTQ_COOKIE_ACK bpfLwDrop = 2
+	bpfLwDropLW_DROP_SYNQ_FULL          bpfLwDrop = 3
+	bpfLwDropLW_DROP_OTHER              bpfLwDrop = 4
+	bpfLwDropLW_DROP_MAX                bpfLwDrop = 5
 )
 
 type bpfLwEvent struct {
@@ -79,14 +98,23 @@ type bpfLwListenerKey struct {
 }
 
 type bpfLwListenerStats struct {
-	_          structs.HostLayout
-	Syns       uint64
-	Handshakes uint64
-	Accepted   uint64
-	Sockets    int64
-	Pid        uint32
-	Backlog    uint32
-	Comm       [16]int8
+	_             structs.HostLayout
+	Syns          uint64
+	Handshakes    uint64
+	Accepted      uint64
+	Sockets       int64
+	Drops         [5]uint64
+	CookiesSent   uint64
+	SynackRetrans uint64
+	AcceptErrors  [2]uint64
+	Sk            uint64
+	LastDrops     uint32
+	LastQlen      uint32
+	Pid           uint32
+	Backlog       uint32
+	ReqBacklog    uint32
+	Pad           uint32
+	Comm          [16]int8
 }
 
 // Names of all BPF objects in the ELF.
@@ -112,13 +140,18 @@ const (
 	bpfProgLwTpAccept          = "lw_tp_accept"
 	bpfProgLwTpAccept4         = "lw_tp_accept4"
 	bpfProgLwTpConsume         = "lw_tp_consume"
+	bpfProgLwTpKfree           = "lw_tp_kfree"
 	bpfProgLwTpState           = "lw_tp_state"
+	bpfProgLwTpSynack          = "lw_tp_synack"
 	bpfVarCfgRspHi             = "cfg_rsp_hi"
 	bpfVarCfgRspLo             = "cfg_rsp_lo"
+	bpfVarCfgTpAccept          = "cfg_tp_accept"
 	bpfVarCfgTpHandshake       = "cfg_tp_handshake"
 	bpfVarCfgWakeupBytes       = "cfg_wakeup_bytes"
+	bpfVarUnusedAerr           = "unused_aerr"
 	bpfVarUnusedConn           = "unused_conn"
 	bpfVarUnusedCounter        = "unused_counter"
+	bpfVarUnusedDrop           = "unused_drop"
 	bpfVarUnusedEvent          = "unused_event"
 	bpfVarUnusedFlag           = "unused_flag"
 	bpfVarUnusedKind           = "unused_kind"
@@ -180,7 +213,9 @@ type bpfProgramSpecs struct {
 	LwTpAccept          *ebpf.ProgramSpec `ebpf:"lw_tp_accept"`
 	LwTpAccept4         *ebpf.ProgramSpec `ebpf:"lw_tp_accept4"`
 	LwTpConsume         *ebpf.ProgramSpec `ebpf:"lw_tp_consume"`
+	LwTpKfree           *ebpf.ProgramSpec `ebpf:"lw_tp_kfree"`
 	LwTpState           *ebpf.ProgramSpec `ebpf:"lw_tp_state"`
+	LwTpSynack          *ebpf.ProgramSpec `ebpf:"lw_tp_synack"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -200,10 +235,13 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	CfgRspHi       *ebpf.VariableSpec `ebpf:"cfg_rsp_hi"`
 	CfgRspLo       *ebpf.VariableSpec `ebpf:"cfg_rsp_lo"`
+	CfgTpAccept    *ebpf.VariableSpec `ebpf:"cfg_tp_accept"`
 	CfgTpHandshake *ebpf.VariableSpec `ebpf:"cfg_tp_handshake"`
 	CfgWakeupBytes *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
+	UnusedAerr     *ebpf.VariableSpec `ebpf:"unused_aerr"`
 	UnusedConn     *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedFlag     *ebpf.VariableSpec `ebpf:"unused_flag"`
 	UnusedKind     *ebpf.VariableSpec `ebpf:"unused_kind"`
@@ -252,10 +290,13 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	CfgRspHi       *ebpf.Variable `ebpf:"cfg_rsp_hi"`
 	CfgRspLo       *ebpf.Variable `ebpf:"cfg_rsp_lo"`
+	CfgTpAccept    *ebpf.Variable `ebpf:"cfg_tp_accept"`
 	CfgTpHandshake *ebpf.Variable `ebpf:"cfg_tp_handshake"`
 	CfgWakeupBytes *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`
+	UnusedAerr     *ebpf.Variable `ebpf:"unused_aerr"`
 	UnusedConn     *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
 	UnusedFlag     *ebpf.Variable `ebpf:"unused_flag"`
 	UnusedKind     *ebpf.Variable `ebpf:"unused_kind"`
@@ -279,7 +320,9 @@ type bpfPrograms struct {
 	LwTpAccept          *ebpf.Program `ebpf:"lw_tp_accept"`
 	LwTpAccept4         *ebpf.Program `ebpf:"lw_tp_accept4"`
 	LwTpConsume         *ebpf.Program `ebpf:"lw_tp_consume"`
+	LwTpKfree           *ebpf.Program `ebpf:"lw_tp_kfree"`
 	LwTpState           *ebpf.Program `ebpf:"lw_tp_state"`
+	LwTpSynack          *ebpf.Program `ebpf:"lw_tp_synack"`
 }
 
 func (p *bpfPrograms) Close() error {
@@ -298,7 +341,9 @@ func (p *bpfPrograms) Close() error {
 		p.LwTpAccept,
 		p.LwTpAccept4,
 		p.LwTpConsume,
+		p.LwTpKfree,
 		p.LwTpState,
+		p.LwTpSynack,
 	)
 }
 

@@ -30,14 +30,25 @@ func ParseMode(s string) (Mode, error) {
 type Stage string
 
 const (
-	StageRegistry  Stage = "registry"  // listen() and close() of listeners
-	StageSYN       Stage = "syn"       // a SYN reaches a listener
-	StageHandshake Stage = "handshake" // the final ACK creates the child socket
-	StageAccept    Stage = "accept"    // accept() returns the child
+	StageRegistry     Stage = "registry"      // listen() and close() of listeners
+	StageSYN          Stage = "syn"           // a SYN reaches a listener (and SYN-time drops)
+	StageHandshake    Stage = "handshake"     // the final ACK creates the child socket
+	StageAccept       Stage = "accept"        // accept() returns the child
+	StageAcceptErrors Stage = "accept_errors" // accept() fails with EMFILE/ENFILE
+	StageDrops        Stage = "drops"         // final-ACK and cookie-ACK listen overflows
+	StageSynackRetx   Stage = "synack_retransmit"
 )
 
-// Stages lists every stage, in attach order.
-var Stages = []Stage{StageSYN, StageHandshake, StageAccept, StageRegistry}
+// Stages lists every stage, in attach order: the tracepoint-only stages
+// come after the ones whose mode they depend on.
+var Stages = []Stage{StageSYN, StageHandshake, StageAccept, StageAcceptErrors, StageDrops, StageSynackRetx, StageRegistry}
+
+// auxiliary stages have a single, tracepoint, attachment on every kernel:
+// a forced mode does not apply to them, and when the kernel lacks their
+// tracepoint they are reported missing without failing the start.
+func auxiliary(s Stage) bool {
+	return s == StageAcceptErrors || s == StageDrops || s == StageSynackRetx
+}
 
 // ParseStage accepts the values of --disable-stage.
 func ParseStage(s string) (Stage, error) {
@@ -46,7 +57,7 @@ func ParseStage(s string) (Stage, error) {
 			return st, nil
 		}
 	}
-	return "", fmt.Errorf("unknown stage %q (want syn, handshake or accept)", s)
+	return "", fmt.Errorf("unknown stage %q (want syn, handshake, accept, accept_errors, drops or synack_retransmit)", s)
 }
 
 // Config is everything the loader can be told. The zero value of a field

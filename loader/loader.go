@@ -106,11 +106,19 @@ func candidates(s Stage) []candidate {
 				{bpfProgLwKpAccept, kprobe("inet_csk_accept")},
 				{bpfProgLwKrpAccept, kretprobe("inet_csk_accept")},
 			}},
-			{mode: ModeTracepoint, probes: []probe{
-				{bpfProgLwTpAccept4, tracepoint("syscalls", "sys_exit_accept4")},
-				{bpfProgLwTpAccept, tracepoint("syscalls", "sys_exit_accept")},
-			}},
+			// Runs inside the accept_errors programs (sys_exit_accept*),
+			// switched on by cfg_tp_accept.
+			{mode: ModeTracepoint},
 		}
+	case StageAcceptErrors:
+		return []candidate{{mode: ModeTracepoint, probes: []probe{
+			{bpfProgLwTpAccept4, tracepoint("syscalls", "sys_exit_accept4")},
+			{bpfProgLwTpAccept, tracepoint("syscalls", "sys_exit_accept")},
+		}}}
+	case StageDrops:
+		return []candidate{{mode: ModeTracepoint, probes: []probe{{bpfProgLwTpKfree, tracing}}}}
+	case StageSynackRetx:
+		return []candidate{{mode: ModeTracepoint, probes: []probe{{bpfProgLwTpSynack, tracing}}}}
 	case StageRegistry:
 		return []candidate{{mode: ModeTracepoint, probes: []probe{{bpfProgLwTpState, tracing}}}}
 	}
@@ -175,6 +183,15 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 		t.maps[name] = m
 	}
 
+	defer func() {
+		// The tracepoint accept runs in the accept_errors programs.
+		for i, h := range t.hooks {
+			if h.Stage == StageAccept && h.Mode == ModeTracepoint && t.modeOf(StageAcceptErrors) == ModeNone {
+				t.hooks[i].Mode, t.hooks[i].Err = ModeNone, errors.New("its syscall tracepoints (stage accept_errors) are not attached")
+				log.Error().Str("stage", string(StageAccept)).Msg("stage NOT attached: its syscall tracepoints are not attached")
+			}
+		}
+	}()
 	if t.tracefs, err = ensureTracefs(); err != nil {
 		log.Warn().Err(err).Msg("tracefs unavailable: syscall tracepoints and kprobes cannot attach")
 	} else if t.tracefs != "" {
@@ -186,11 +203,14 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 		t.hooks = append(t.hooks, h)
 		ev, msg := log.Info(), "stage attached"
 		if h.Mode == ModeNone {
-			if s == StageRegistry || (cfg.Mode != ModeAuto && !cfg.disabled(s)) {
+			if s == StageRegistry || (cfg.Mode != ModeAuto && !cfg.disabled(s) && !auxiliary(s)) {
 				return nil, fmt.Errorf("stage %s: %w", s, h.Err)
 			}
 			msg = "stage NOT attached: its metrics stay empty"
-			if !cfg.disabled(s) {
+			switch {
+			case auxiliary(s) && !cfg.disabled(s):
+				ev = log.Warn() // a kernel too old for its tracepoint
+			case !cfg.disabled(s):
 				ev = log.Error()
 			}
 		}
@@ -227,12 +247,18 @@ func (t *Tracer) attachStage(s Stage) Hook {
 	}
 	var tried []string
 	for _, c := range candidates(s) {
-		if t.cfg.Mode != ModeAuto && c.mode != t.cfg.Mode && s != StageRegistry {
+		if t.cfg.Mode != ModeAuto && c.mode != t.cfg.Mode && s != StageRegistry && !auxiliary(s) {
 			continue
 		}
-		// The tracepoint handshake lives in the registry program.
-		tpHandshake := s == StageRegistry && t.handshakeMode() == ModeTracepoint
+		// The tracepoint handshake lives in the registry program, the
+		// tracepoint accept in the accept_errors programs.
+		tpHandshake := s == StageRegistry && t.modeOf(StageHandshake) == ModeTracepoint
+		tpAccept := s == StageAcceptErrors && t.modeOf(StageAccept) == ModeTracepoint
 		if err := t.spec.Variables[bpfVarCfgTpHandshake].Set(tpHandshake); err != nil {
+			h.Err = err
+			return h
+		}
+		if err := t.spec.Variables[bpfVarCfgTpAccept].Set(tpAccept); err != nil {
 			h.Err = err
 			return h
 		}
@@ -253,9 +279,9 @@ func (t *Tracer) attachStage(s Stage) Hook {
 	return h
 }
 
-func (t *Tracer) handshakeMode() Mode {
+func (t *Tracer) modeOf(s Stage) Mode {
 	for _, h := range t.hooks {
-		if h.Stage == StageHandshake {
+		if h.Stage == s {
 			return h.Mode
 		}
 	}

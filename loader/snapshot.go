@@ -17,8 +17,59 @@ type Listener struct {
 	Accepted   uint64 // connections returned by accept()
 	Sockets    int64  // listening sockets with this identity now
 	Backlog    uint32 // effective backlog (sk_max_ack_backlog); 0 if unknown
-	PID        uint32
-	Comm       string
+	// RequestedBacklog is what listen() asked for, before the somaxconn
+	// cap; 0 when the listener predates the agent.
+	RequestedBacklog uint32
+	PID              uint32
+	Comm             string
+
+	Drops         [DropReasons]uint64 // by DropReason
+	CookiesSent   uint64              // SYNs answered with a SYN cookie
+	SynackRetrans uint64              // SYN-ACKs retransmitted
+	AcceptEMFILE  uint64              // accept() failed: process fd limit
+	AcceptENFILE  uint64              // accept() failed: system file limit
+}
+
+// DropReason says why a listener refused a connection.
+type DropReason int
+
+// The reasons, in the kernel's order (enum lw_drop).
+const (
+	DropAcceptQueueSYN       = DropReason(bpfLwDropLW_DROP_ACCEPTQ_SYN)
+	DropAcceptQueueACK       = DropReason(bpfLwDropLW_DROP_ACCEPTQ_ACK)
+	DropAcceptQueueCookieACK = DropReason(bpfLwDropLW_DROP_ACCEPTQ_COOKIE_ACK)
+	DropSYNQueueFull         = DropReason(bpfLwDropLW_DROP_SYNQ_FULL)
+	DropOther                = DropReason(bpfLwDropLW_DROP_OTHER)
+	DropReasons              = int(bpfLwDropLW_DROP_MAX)
+)
+
+// String is the reason's metric label.
+func (r DropReason) String() string {
+	switch r {
+	case DropAcceptQueueSYN:
+		return "accept_queue_full_syn"
+	case DropAcceptQueueACK:
+		return "accept_queue_full_ack"
+	case DropAcceptQueueCookieACK:
+		return "accept_queue_full_cookie_ack"
+	case DropSYNQueueFull:
+		return "syn_queue_full"
+	}
+	return "other"
+}
+
+// Overflows is the listener's share of the kernel's ListenOverflows.
+func (l *Listener) Overflows() uint64 {
+	return l.Drops[DropAcceptQueueSYN] + l.Drops[DropAcceptQueueACK] + l.Drops[DropAcceptQueueCookieACK]
+}
+
+// TotalDrops is the listener's share of the kernel's ListenDrops.
+func (l *Listener) TotalDrops() uint64 {
+	var n uint64
+	for _, d := range l.Drops {
+		n += d
+	}
+	return n
 }
 
 // Listeners reads the listener registry.
@@ -32,7 +83,9 @@ func (t *Tracer) Listeners() ([]Listener, error) {
 	for it.Next(&k, &v) {
 		out = append(out, Listener{
 			Key: listenerKey(&k), SYNs: v.Syns, Handshakes: v.Handshakes, Accepted: v.Accepted,
-			Sockets: v.Sockets, Backlog: v.Backlog, PID: v.Pid, Comm: cString(v.Comm[:]),
+			Sockets: v.Sockets, Backlog: v.Backlog, RequestedBacklog: v.ReqBacklog, PID: v.Pid, Comm: cString(v.Comm[:]),
+			Drops: v.Drops, CookiesSent: v.CookiesSent, SynackRetrans: v.SynackRetrans,
+			AcceptEMFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_EMFILE], AcceptENFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_ENFILE],
 		})
 	}
 	if err := it.Err(); err != nil {

@@ -1,0 +1,313 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/netns"
+	"golang.org/x/sys/unix"
+)
+
+// connectNonBlocking starts n connections to addr from inside ns without
+// waiting for them: against a full queue they would block for seconds.
+func connectNonBlocking(t *testing.T, ns *netns.NS, addr netip.AddrPort, n int) []int {
+	t.Helper()
+	var fds []int
+	err := ns.Do(func() error {
+		for range n {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			fds = append(fds, fd)
+			err = unix.Connect(fd, &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()})
+			if err != nil && err != unix.EINPROGRESS {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fds
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// TestAcceptQueueOverflow: a listener with backlog 4 that never accepts,
+// 200 clients. Its overflow count must equal the namespace's
+// ListenOverflows delta and its drop total the ListenDrops delta, exactly,
+// whether the kernel ignores (0) or resets (1) the overflowing ACK.
+func TestAcceptQueueOverflow(t *testing.T) {
+	for _, abort := range []string{"0", "1"} {
+		t.Run("abort_on_overflow="+abort, func(t *testing.T) {
+			ns := netns.New(t)
+			if err := ns.Sysctl("net.ipv4.tcp_abort_on_overflow", abort); err != nil {
+				t.Fatal(err)
+			}
+			overflowScenario(t, ns, 200)
+		})
+	}
+	t.Run("two namespaces at once", func(t *testing.T) {
+		a, b := netns.New(t), netns.New(t)
+		var wg sync.WaitGroup
+		for _, ns := range []*netns.NS{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				overflowScenario(t, ns, 120)
+			}()
+		}
+		wg.Wait()
+	})
+}
+
+func overflowScenario(t *testing.T, ns *netns.NS, clients int) {
+	addr := netip.MustParseAddrPort("127.0.0.1:8181")
+	fd := listen(t, ns, addr, 4)
+	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
+	before, err := ns.Netstat()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	fds := connectNonBlocking(t, ns, addr, clients)
+	// Long enough for the first SYN retransmits (1 s) to be refused too.
+	time.Sleep(1500 * time.Millisecond)
+	closeAll(fds)
+	unix.Close(fd) // no more drops from here on
+	time.Sleep(100 * time.Millisecond)
+	after, _ := ns.Netstat()
+	lo := after["TcpExt.ListenOverflows"] - before["TcpExt.ListenOverflows"]
+	ld := after["TcpExt.ListenDrops"] - before["TcpExt.ListenDrops"]
+	if lo == 0 {
+		t.Errorf("kernel counted no overflow: the scenario is broken")
+		return
+	}
+	l := listener(t, key)
+	t.Logf("netns %d: kernel ListenOverflows %d ListenDrops %d; listenwatch overflows %d (syn %d ack %d cookie-ack %d) drops %d",
+		ns.Inode, lo, ld, l.Overflows(), l.Drops[0], l.Drops[1], l.Drops[2], l.TotalDrops())
+	if l.Overflows() != lo {
+		t.Errorf("netns %d: listenwatch overflows %d, kernel ListenOverflows %d", ns.Inode, l.Overflows(), lo)
+	}
+	if l.TotalDrops() != ld {
+		t.Errorf("netns %d: listenwatch drops %d, kernel ListenDrops %d", ns.Inode, l.TotalDrops(), ld)
+	}
+}
+
+// floodPair is a server namespace and a peer namespace joined by a veth.
+// SYN-ACKs to spoofed sources are routed to the peer, which drops them.
+func floodPair(t *testing.T) (server, peer *netns.NS) {
+	server, peer = netns.New(t), netns.New(t)
+	veth := fmt.Sprintf("lwv%d", server.Inode%100000)
+	cmds := [][]string{
+		{"link", "add", veth + "a", "netns", server.Name, "type", "veth", "peer", "name", veth + "b", "netns", peer.Name},
+		{"-n", server.Name, "addr", "add", "10.88.0.1/24", "dev", veth + "a"},
+		{"-n", peer.Name, "addr", "add", "10.88.0.2/24", "dev", veth + "b"},
+		{"-n", server.Name, "link", "set", veth + "a", "up"},
+		{"-n", peer.Name, "link", "set", veth + "b", "up"},
+		{"-n", server.Name, "route", "add", "default", "via", "10.88.0.2"},
+	}
+	for _, c := range cmds {
+		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	return server, peer
+}
+
+// hping sends n spoofed SYNs from peer to addr, inside the test's namespaces.
+func hping(t *testing.T, peer *netns.NS, addr netip.AddrPort, n int) {
+	t.Helper()
+	if _, err := exec.LookPath("hping3"); err != nil {
+		t.Fatal("hping3 missing: run scripts/install-deps.sh")
+	}
+	if err := peer.Run("hping3", "-q", "-S", "-p", strconv.Itoa(int(addr.Port())), "--rand-source",
+		"-i", "u2000", "-c", strconv.Itoa(n), addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status 1") {
+		// hping3 exits 1 when no reply came back, which is the point.
+		t.Fatal(err)
+	}
+}
+
+// TestSYNQueueOverflow: spoofed SYNs that never complete fill the SYN
+// queue of a backlog-8 listener. With cookies off the refused SYNs equal
+// TCPReqQFullDrop; with cookies on, the cookies sent equal SyncookiesSent.
+// SYN-ACK retransmits equal the namespace's TCPSynRetrans (no client lives
+// in it, so every retransmit there is a SYN-ACK).
+func TestSYNQueueOverflow(t *testing.T) {
+	for _, cookies := range []string{"0", "1"} {
+		t.Run("tcp_syncookies="+cookies, func(t *testing.T) {
+			server, peer := floodPair(t)
+			if err := server.Sysctl("net.ipv4.tcp_syncookies", cookies); err != nil {
+				t.Fatal(err)
+			}
+			addr := netip.MustParseAddrPort("10.88.0.1:8282")
+			fd := listen(t, server, addr, 8)
+			key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
+			before, _ := server.Netstat()
+			hping(t, peer, addr, 60)
+			time.Sleep(1500 * time.Millisecond) // first SYN-ACK retransmits
+			unix.Close(fd)                      // stops them
+			time.Sleep(100 * time.Millisecond)
+			after, _ := server.Netstat()
+			d := netns.Delta(before, after, "TcpExt.TCPReqQFullDrop", "TcpExt.ListenDrops",
+				"TcpExt.SyncookiesSent", "TcpExt.TCPReqQFullDoCookies", "TcpExt.TCPSynRetrans")
+			l := listener(t, key)
+			t.Logf("kernel %v; listenwatch syns %d synq drops %d drops %d cookies %d synack retransmits %d",
+				d, l.SYNs, l.Drops[3], l.TotalDrops(), l.CookiesSent, l.SynackRetrans)
+			// Only the flood's SYNs enter this namespace (random sources
+			// that are martians never reach TCP): InSegs is the oracle.
+			if in := after["Tcp.InSegs"] - before["Tcp.InSegs"]; l.SYNs != in {
+				t.Errorf("SYNs seen %d, kernel InSegs %d", l.SYNs, in)
+			}
+			if cookies == "0" {
+				if d["TcpExt.TCPReqQFullDrop"] == 0 {
+					t.Fatal("kernel dropped no SYN: the scenario is broken")
+				}
+				if l.Drops[3] != d["TcpExt.TCPReqQFullDrop"] || l.TotalDrops() != d["TcpExt.ListenDrops"] {
+					t.Errorf("SYN-queue drops %d (total %d), kernel TCPReqQFullDrop %d (ListenDrops %d)",
+						l.Drops[3], l.TotalDrops(), d["TcpExt.TCPReqQFullDrop"], d["TcpExt.ListenDrops"])
+				}
+			} else {
+				if d["TcpExt.SyncookiesSent"] == 0 {
+					t.Fatal("kernel sent no cookie: the scenario is broken")
+				}
+				if l.CookiesSent != d["TcpExt.SyncookiesSent"] {
+					t.Errorf("cookies sent %d, kernel SyncookiesSent %d", l.CookiesSent, d["TcpExt.SyncookiesSent"])
+				}
+			}
+			if d["TcpExt.TCPSynRetrans"] == 0 || l.SynackRetrans != d["TcpExt.TCPSynRetrans"] {
+				t.Errorf("SYN-ACK retransmits %d, kernel TCPSynRetrans %d", l.SynackRetrans, d["TcpExt.TCPSynRetrans"])
+			}
+		})
+	}
+}
+
+// TestAcceptEMFILE: a server whose RLIMIT_NOFILE leaves room for 2 fds
+// fds; 50 clients. listenwatch's EMFILE count must equal the failures the
+// server saw.
+func TestAcceptEMFILE(t *testing.T) {
+	ns := netns.New(t)
+	addr := netip.MustParseAddrPort("127.0.0.1:8383")
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, os.Args[0], "-test.run=^TestHelperEMFILEServer$")
+	cmd.Env = append(os.Environ(), "LW_EMFILE_SERVER="+addr.String())
+	stdout, _ := cmd.StdoutPipe()
+	stdin, _ := cmd.StdinPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(stdout)
+	var pid int
+	for sc.Scan() {
+		if p, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
+			pid, _ = strconv.Atoi(p)
+			break
+		}
+	}
+	if pid == 0 {
+		t.Fatal("helper server did not start")
+	}
+	fds := connectNonBlocking(t, ns, addr, 50)
+	defer closeAll(fds)
+	time.Sleep(500 * time.Millisecond)
+	stdin.Close() // tells the helper to stop and report
+	var failures, accepted int
+	for sc.Scan() {
+		if _, err := fmt.Sscanf(sc.Text(), "emfile %d accepted %d", &failures, &accepted); err == nil {
+			break
+		}
+	}
+	cmd.Wait()
+	if failures == 0 || accepted >= 50 {
+		t.Fatalf("helper saw %d EMFILE and %d accepts: scenario broken", failures, accepted)
+	}
+	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
+	l := listener(t, key)
+	if l.AcceptEMFILE != uint64(failures) {
+		t.Errorf("listenwatch EMFILE %d, server saw %d", l.AcceptEMFILE, failures)
+	}
+	t.Logf("server: %d EMFILE, %d accepted; listenwatch EMFILE %d accepted %d", failures, accepted, l.AcceptEMFILE, l.Accepted)
+}
+
+// TestHelperEMFILEServer is the server process of TestAcceptEMFILE, run in
+// a namespace by it; it is skipped when run directly.
+func TestHelperEMFILEServer(t *testing.T) {
+	addr := os.Getenv("LW_EMFILE_SERVER")
+	if addr == "" {
+		t.Skip("helper process only")
+	}
+	ap := netip.MustParseAddrPort(addr)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 64); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	go func() { bufio.NewReader(os.Stdin).ReadString('\n'); close(stop) }()
+	// Room for exactly 2 more descriptors above the highest in use. A
+	// high fd inherited from go test (a pipe) would leave the low ones
+	// free: close inherited pipes first.
+	ents, _ := os.ReadDir("/proc/self/fd")
+	maxfd := 0
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, _ := os.Readlink("/proc/self/fd/" + e.Name()); n > 2 && strings.HasPrefix(l, "pipe:") {
+			unix.Close(n)
+			continue
+		}
+		if n > maxfd {
+			maxfd = n
+		}
+	}
+	lim := unix.Rlimit{Cur: uint64(maxfd + 3), Max: uint64(maxfd + 3)}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	unix.SetNonblock(fd, true)
+	var got unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_NOFILE, &got)
+	fmt.Fprintf(os.Stderr, "helper: highest fd %d, RLIMIT_NOFILE %d\n", maxfd, got.Cur)
+	fmt.Printf("ready %d\n", os.Getpid())
+	var emfile, accepted int
+	for {
+		select {
+		case <-stop:
+			fmt.Printf("emfile %d accepted %d\n", emfile, accepted)
+			return
+		default:
+		}
+		_, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		switch err {
+		case nil:
+			accepted++ // kept open: the fds run out
+		case unix.EMFILE:
+			emfile++
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
