@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
@@ -223,9 +225,23 @@ func TestAcceptEMFILE(t *testing.T) {
 	if pid == 0 {
 		t.Fatal("helper server did not start")
 	}
+	doc := diagnose.New(tracer, time.Minute, zerolog.Nop())
+	doc.Step()
 	fds := connectNonBlocking(t, ns, addr, 50)
 	defer closeAll(fds)
 	time.Sleep(500 * time.Millisecond)
+	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
+	// The diagnosis reads the live process: it must be at its limit.
+	fs := findingsFor(doc.Step(), key)
+	if len(fs) != 1 || fs[0].Knob != "RLIMIT_NOFILE" || !strings.Contains(fs[0].Message, "fds: raise RLIMIT_NOFILE") {
+		t.Errorf("findings: %+v", fs)
+	} else {
+		var open, limit int
+		if _, err := fmt.Sscanf(fs[0].Message[strings.Index(fs[0].Message, "has "):], "has %d/%d fds", &open, &limit); err != nil || open != limit {
+			t.Errorf("process not shown at its limit: %q", fs[0].Message)
+		}
+		t.Log(fs[0].Message)
+	}
 	stdin.Close() // tells the helper to stop and report
 	var failures, accepted int
 	for sc.Scan() {
@@ -237,7 +253,6 @@ func TestAcceptEMFILE(t *testing.T) {
 	if failures == 0 || accepted >= 50 {
 		t.Fatalf("helper saw %d EMFILE and %d accepts: scenario broken", failures, accepted)
 	}
-	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
 	l := listener(t, key)
 	if l.AcceptEMFILE != uint64(failures) {
 		t.Errorf("listenwatch EMFILE %d, server saw %d", l.AcceptEMFILE, failures)

@@ -8,11 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/listenwatch/listenwatch/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -265,45 +265,20 @@ func socketOwners(ls []procListener) map[uint64]int {
 }
 
 // readNamedNetns reads the listeners of a namespace bind-mounted at path,
-// unless its inode is in skip. It enters the namespace on a locked thread.
+// unless its inode is in skip.
 func readNamedNetns(path string, skip map[uint64]bool) ([]procListener, uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil || skip[st.Ino] {
 		return nil, 0, err
 	}
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer unix.Close(fd)
 	var out []procListener
-	errc := make(chan error, 1)
-	// A fresh goroutine whose thread is discarded if it cannot go back:
-	// no other goroutine ever runs in the wrong namespace.
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
+	err := netns.Enter(path, func() error {
 		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-			ls, err := readProcTCP(f, uint32(st.Ino))
-			if err == nil {
+			if ls, err := readProcTCP(f, uint32(st.Ino)); err == nil {
 				out = append(out, ls...)
 			}
 		}
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- err // thread stays locked and dies with the goroutine
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	return out, st.Ino, <-errc
+		return nil
+	})
+	return out, st.Ino, err
 }

@@ -29,7 +29,9 @@ type Config struct {
 	MetricsPath string
 	LogLevel    zerolog.Level
 	LogFormat   string // auto, console, json
-	Loader      loader.Config
+	// DiagnosisInterval is how often drops are turned into hints.
+	DiagnosisInterval time.Duration
+	Loader            loader.Config
 }
 
 var errHelp = errors.New("help requested")
@@ -95,6 +97,9 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 	if !strings.HasPrefix(cfg.MetricsPath, "/") {
 		return cfg, fmt.Errorf("--metrics-path %q: must start with /", cfg.MetricsPath)
 	}
+	if cfg.DiagnosisInterval < time.Second {
+		return cfg, fmt.Errorf("--diagnosis-interval %v: must be at least 1s", cfg.DiagnosisInterval)
+	}
 	if err := cfg.Loader.Validate(); err != nil {
 		return cfg, err
 	}
@@ -112,6 +117,7 @@ func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.Fla
 	fs.Func("ringbuf-size", "ring buffer size in bytes, a power of two (default 1048576)", uintFlag(&cfg.Loader.RingbufSize))
 	fs.Func("conn-table-size", "connections tracked between handshake and accept, LRU (default 32768)", uintFlag(&cfg.Loader.ConnTableSize))
 	fs.Func("listener-table-size", "listeners tracked, LRU (default 4096)", uintFlag(&cfg.Loader.ListenerTableSize))
+	fs.DurationVar(&cfg.DiagnosisInterval, "diagnosis-interval", time.Minute, "how often drops and accept failures are turned into a logged cause and knob (also at /diagnosis)")
 	fs.DurationVar(&cfg.Loader.PollInterval, "poll-interval", loader.DefaultPollInterval, "how often the ring buffer is drained when the kernel has not woken the reader")
 	return fs
 }

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/exporter"
 	"github.com/listenwatch/listenwatch/loader"
@@ -55,8 +56,9 @@ func run(cfg Config) error {
 	defer tracer.Close()
 
 	collector := exporter.New(tracer, log.With().Str("component", "exporter").Logger())
+	doctor := diagnose.New(tracer, cfg.DiagnosisInterval, log.With().Str("component", "diagnose").Logger())
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector, collectors.NewGoCollector(),
+	reg.MustRegister(collector, doctor, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -72,10 +74,13 @@ func run(cfg Config) error {
 		})
 	}()
 
+	go doctor.Run(ctx)
+
 	mux := http.NewServeMux()
+	mux.Handle("/diagnosis", doctor)
 	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "listenwatch: metrics at %s\n", cfg.MetricsPath)
+		fmt.Fprintf(w, "listenwatch: metrics at %s, diagnosis at /diagnosis\n", cfg.MetricsPath)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout}
 	serveErr := make(chan error, 1)

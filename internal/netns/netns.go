@@ -1,6 +1,7 @@
-// Package netns gives tests their own network namespaces: created with
-// iproute2, entered per OS thread for the few calls that must run inside
-// (socket creation, /proc/thread-self/net reads), and deleted on cleanup.
+// Package netns enters network namespaces on a locked OS thread, for the
+// few calls that must run inside one (socket creation, /proc/thread-self/net
+// and /proc/sys/net reads), and gives tests namespaces of their own,
+// created with iproute2 and deleted on cleanup.
 package netns
 
 import (
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -151,4 +153,57 @@ func Delta(before, after map[string]uint64, keys ...string) map[string]uint64 {
 		d[k] = after[k] - before[k]
 	}
 	return d
+}
+
+// Enter runs f on a locked OS thread inside the namespace at path (a
+// /proc/PID/ns/net or /run/netns/NAME file). The thread is discarded if it
+// cannot return to its namespace, so no other goroutine runs in the wrong
+// one.
+func Enter(path string, f func() error) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", path, err)
+			return
+		}
+		ferr := f()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns back: %w", err) // thread stays locked, then dies
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Find returns a path through which the namespace with this inode can be
+// entered: a named namespace, or a process living in it.
+func Find(inode uint64) (string, error) {
+	var candidates []string
+	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
+		p, _ := filepath.Glob(filepath.Join(dir, "*"))
+		candidates = append(candidates, p...)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	candidates = append(candidates, procs...)
+	for _, p := range candidates {
+		var st unix.Stat_t
+		if unix.Stat(p, &st) == nil && st.Ino == inode {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("network namespace %d: no process or bind mount found", inode)
 }

@@ -1,0 +1,81 @@
+package diagnose
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/loader"
+)
+
+var key = events.ListenerKey{Netns: 1, Addr: netip.MustParseAddr("10.0.0.5"), Port: 8080}
+
+func TestDiagnose(t *testing.T) {
+	base := loader.Listener{Key: key, PID: 4242, Comm: "nginx", Backlog: 128, RequestedBacklog: 511}
+	withOverflow := base
+	withOverflow.Drops[loader.DropAcceptQueueSYN] = 500
+	withOverflow.Drops[loader.DropAcceptQueueACK] = 23
+	ownBacklog := withOverflow
+	ownBacklog.RequestedBacklog = 128
+	synq := base
+	synq.Drops[loader.DropSYNQueueFull] = 1200
+	cookies := base
+	cookies.CookiesSent = 7
+	emfile := base
+	emfile.AcceptEMFILE = 37
+	enfile := base
+	enfile.AcceptENFILE = 2
+	settings := Settings{Somaxconn: 128, MaxSynBacklog: 256, Syncookies: 0}
+
+	tests := []struct {
+		name  string
+		cur   loader.Listener
+		s     Settings
+		p     Process
+		cause Cause
+		knob  string
+		want  string
+	}{
+		{"capped by somaxconn", withOverflow, settings, Process{Limit: -1}, CauseAcceptOverflow, "net.core.somaxconn",
+			"overflowed 523 times in 1m0s; effective backlog 128 = min(listen() 511, net.core.somaxconn 128): raise net.core.somaxconn"},
+		{"application's own backlog", ownBacklog, Settings{Somaxconn: 4096, Syncookies: 1}, Process{Limit: -1}, CauseAcceptOverflow, "listen_backlog",
+			"raise the application's listen() backlog"},
+		{"syn queue, cookies off", synq, settings, Process{Limit: -1}, CauseSYNQueueDrop, "net.ipv4.tcp_syncookies",
+			"full 1200 times in 1m0s with syncookies off (net.ipv4.tcp_syncookies 0): enable net.ipv4.tcp_syncookies or raise the backlog (effective 128; net.ipv4.tcp_max_syn_backlog 256)"},
+		{"cookies", cookies, Settings{Somaxconn: 128, Syncookies: 1}, Process{Limit: -1}, CauseSYNCookies, "listen_backlog", "7 SYN cookies sent"},
+		{"emfile", emfile, settings, Process{OpenFDs: 1024, Limit: 1024}, CauseEMFILE, "RLIMIT_NOFILE",
+			"failed with EMFILE 37 times in 1m0s; pid 4242 has 1024/1024 fds: raise RLIMIT_NOFILE"},
+		{"enfile", enfile, settings, Process{Limit: -1}, CauseENFILE, "fs.file-max", "raise fs.file-max"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := Diagnose(base, tt.cur, time.Minute, tt.s, tt.p)
+			if len(f) != 1 {
+				t.Fatalf("%d findings: %+v", len(f), f)
+			}
+			if f[0].Cause != tt.cause || f[0].Knob != tt.knob || !strings.Contains(f[0].Message, tt.want) {
+				t.Fatalf("got %s/%s %q\nwant %s/%s containing %q", f[0].Cause, f[0].Knob, f[0].Message, tt.cause, tt.knob, tt.want)
+			}
+		})
+	}
+}
+
+func TestHealthyListenerGetsNoHint(t *testing.T) {
+	l := loader.Listener{Key: key, SYNs: 1e6, Handshakes: 1e6, Accepted: 1e6, SynackRetrans: 3}
+	prev := l
+	prev.SYNs, prev.Accepted = 0, 0
+	if f := Diagnose(prev, l, time.Minute, Settings{Somaxconn: 4096}, Process{Limit: -1}); len(f) != 0 {
+		t.Fatalf("healthy listener diagnosed: %+v", f)
+	}
+}
+
+func TestUnknownSettingsNotInvented(t *testing.T) {
+	cur := loader.Listener{Key: key, Backlog: 128}
+	cur.Drops[loader.DropAcceptQueueSYN] = 1
+	f := Diagnose(loader.Listener{Key: key}, cur, time.Minute, Settings{Somaxconn: -1, Syncookies: -1, MaxSynBacklog: -1}, Process{Limit: -1})
+	if len(f) != 1 || !strings.Contains(f[0].Message, "net.core.somaxconn unknown") || strings.Contains(f[0].Message, "= min(") {
+		t.Fatalf("%+v", f)
+	}
+}

@@ -1,0 +1,225 @@
+package diagnose
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/loader"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Source is where the doctor reads listeners; *loader.Tracer is one.
+type Source interface {
+	Listeners() ([]loader.Listener, error)
+}
+
+// Doctor compares the listeners' counters once per interval, logs one
+// warning per listener and cause, and keeps the last findings for the
+// /diagnosis endpoint and the listenwatch_diagnosis metric.
+type Doctor struct {
+	src      Source
+	interval time.Duration
+	log      zerolog.Logger
+
+	mu       sync.Mutex
+	prev     map[events.ListenerKey]loader.Listener
+	findings []Finding
+	at       time.Time
+
+	desc, openFDs, maxFDs *prometheus.Desc
+}
+
+// New builds a doctor; Run drives it.
+func New(src Source, interval time.Duration, log zerolog.Logger) *Doctor {
+	return &Doctor{
+		src: src, interval: interval, log: log,
+		desc: prometheus.NewDesc("listenwatch_diagnosis_events",
+			"Refused or failed connections in the last diagnosis interval, per listener, cause and the knob to turn (see /diagnosis for the sentence).",
+			[]string{"netns", "addr", "port", "cause", "knob"}, nil),
+		openFDs: prometheus.NewDesc("listenwatch_process_open_fds",
+			"Open file descriptors of a process that owns a listener: accept() fails with EMFILE when it reaches listenwatch_process_max_fds.",
+			[]string{"pid", "comm"}, nil),
+		maxFDs: prometheus.NewDesc("listenwatch_process_max_fds",
+			"RLIMIT_NOFILE (soft) of a process that owns a listener.", []string{"pid", "comm"}, nil),
+	}
+}
+
+// Run diagnoses every interval until ctx ends.
+func (d *Doctor) Run(ctx context.Context) {
+	d.Step() // the baseline
+	t := time.NewTicker(d.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.Step()
+		}
+	}
+}
+
+// Step compares the listeners with the previous reading and returns what
+// it found; the first call only records the baseline.
+func (d *Doctor) Step() []Finding {
+	ls, err := d.src.Listeners()
+	if err != nil {
+		d.log.Error().Err(err).Msg("diagnosis: cannot read listeners")
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	first := d.prev == nil
+	interval := now.Sub(d.at)
+	cur := make(map[events.ListenerKey]loader.Listener, len(ls))
+	var found []Finding
+	settings := map[uint32]Settings{}
+	for _, l := range ls {
+		cur[l.Key] = l
+		prev, ok := d.prev[l.Key]
+		if first || !ok || l.TotalDrops() < prev.TotalDrops() {
+			continue // new listener or counters restarted: a baseline
+		}
+		if l.TotalDrops() == prev.TotalDrops() && l.CookiesSent == prev.CookiesSent &&
+			l.AcceptEMFILE == prev.AcceptEMFILE && l.AcceptENFILE == prev.AcceptENFILE {
+			continue
+		}
+		s, ok := settings[l.Key.Netns]
+		if !ok {
+			s = readSettings(l.Key.Netns)
+			settings[l.Key.Netns] = s
+		}
+		fs := Diagnose(prev, l, interval, s, readProcess(l.PID))
+		for _, f := range fs {
+			d.log.Warn().Str("listener", l.Key.String()).Uint32("pid", l.PID).Str("comm", l.Comm).
+				Str("cause", string(f.Cause)).Str("knob", f.Knob).Uint64("count", f.Count).Msg(f.Message)
+		}
+		found = append(found, fs...)
+	}
+	d.prev, d.at = cur, now
+	if !first {
+		d.findings = found
+	}
+	return found
+}
+
+// ServeHTTP lists the last interval's findings, one sentence per line.
+func (d *Doctor) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(d.findings) == 0 {
+		fmt.Fprintf(w, "no listener refused or failed connections in the last %s\n", d.interval)
+		return
+	}
+	for _, f := range d.findings {
+		fmt.Fprintln(w, f.Message)
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (d *Doctor) Describe(ch chan<- *prometheus.Desc) { ch <- d.desc; ch <- d.openFDs; ch <- d.maxFDs }
+
+// Collect implements prometheus.Collector: the last findings, and the fd
+// use of every process owning a listener, read now.
+func (d *Doctor) Collect(ch chan<- prometheus.Metric) {
+	if ls, err := d.src.Listeners(); err == nil {
+		seen := map[uint32]bool{}
+		for _, l := range ls {
+			if l.PID == 0 || l.Sockets <= 0 || seen[l.PID] {
+				continue
+			}
+			seen[l.PID] = true
+			p := readProcess(l.PID)
+			if p.Limit < 0 {
+				continue // exited
+			}
+			pid := strconv.FormatUint(uint64(l.PID), 10)
+			ch <- prometheus.MustNewConstMetric(d.openFDs, prometheus.GaugeValue, float64(p.OpenFDs), pid, l.Comm)
+			ch <- prometheus.MustNewConstMetric(d.maxFDs, prometheus.GaugeValue, float64(p.Limit), pid, l.Comm)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, f := range d.findings {
+		k := f.Listener.Key
+		ch <- prometheus.MustNewConstMetric(d.desc, prometheus.GaugeValue, float64(f.Count),
+			strconv.FormatUint(uint64(k.Netns), 10), k.Addr.String(), strconv.Itoa(int(k.Port)), string(f.Cause), f.Knob)
+	}
+}
+
+// readSettings reads the namespace's sysctls from inside it.
+func readSettings(inode uint32) Settings {
+	s := Settings{Somaxconn: -1, MaxSynBacklog: -1, Syncookies: -1}
+	path, err := netns.Find(uint64(inode))
+	if err != nil {
+		return s
+	}
+	netns.Enter(path, func() error {
+		s.Somaxconn = readInt("/proc/sys/net/core/somaxconn")
+		s.MaxSynBacklog = readInt("/proc/sys/net/ipv4/tcp_max_syn_backlog")
+		s.Syncookies = readInt("/proc/sys/net/ipv4/tcp_syncookies")
+		return nil
+	})
+	return s
+}
+
+func readInt(path string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// readProcess counts a process's open fds and reads its RLIMIT_NOFILE.
+func readProcess(pid uint32) Process {
+	p := Process{OpenFDs: -1, Limit: -1}
+	if pid == 0 {
+		return p
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return p
+	}
+	p.OpenFDs = int64(len(fds))
+	p.Limit = readNofile(filepath.Join("/proc", strconv.Itoa(int(pid)), "limits"))
+	return p
+}
+
+// readNofile reads the soft "Max open files" limit of /proc/PID/limits.
+func readNofile(path string) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Max open files"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) > 0 {
+				if v, err := strconv.ParseInt(fields[0], 10, 64); err == nil {
+					return v
+				}
+			}
+		}
+	}
+	return -1
+}
