@@ -36,6 +36,7 @@ volatile const __u64 cfg_rsp_hi = 0;        /* and end (next symbol) */
 volatile const __u64 cfg_wakeup_bytes = 0;  /* wake the reader past this backlog */
 volatile const bool cfg_tp_handshake = false; /* handshake stage via inet_sock_set_state */
 volatile const bool cfg_tp_accept = false;    /* accept stage via sys_exit_accept (else errors only) */
+volatile const bool cfg_kfree_drops = false;  /* ACK-time overflows seen by lw_tp_kfree */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -291,6 +292,24 @@ int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int n
 	return 0;
 }
 
+/* Kernels without the kfree_skb rx_sk argument (before 6.11): a NULL child
+ * with a full accept queue is the final-ACK (or cookie-ACK) overflow. The
+ * caller then adds the packet to sk_drops once more, after this returns. */
+static __always_inline void ack_overflow(const struct sock *listener)
+{
+	__u32 ackq = BPF_CORE_READ(listener, sk_ack_backlog);
+	__u32 max = BPF_CORE_READ(listener, sk_max_ack_backlog);
+	if (ackq <= max)
+		return; /* allocation failure: counted as other at the next SYN */
+	struct lw_listener_key k;
+	key_from_sk(&k, listener);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st)
+		return;
+	__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_ACK], 1);
+	st->last_drops = BPF_CORE_READ(listener, sk_drops.counter) + 1;
+}
+
 /* fentry/kprobe mode: syn_recv_sock returns the child (NULL when the accept
  * queue is full or allocation failed); the request sock has the exact
  * SYN-ACK time, zero for a cookie. */
@@ -298,8 +317,11 @@ static __always_inline void syn_recv_done(const struct sock *listener,
 					  const struct request_sock *req,
 					  const bool *own_req, const struct sock *child)
 {
-	if (!child)
+	if (!child) {
+		if (!cfg_kfree_drops)
+			ack_overflow(listener);
 		return;
+	}
 	bool own = 0;
 	bpf_probe_read_kernel(&own, sizeof(own), own_req);
 	if (!own) /* lost a race with another CPU: this child is destroyed */
@@ -319,22 +341,25 @@ static __always_inline bool v4_mapped(const struct sk_buff *skb)
 	return BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP);
 }
 
+/* The return value is read with bpf_get_func_ret: 6.1's verifier refuses a
+ * direct read of the seventh context slot of this six-argument function. */
 SEC("fexit/tcp_v4_syn_recv_sock")
-int BPF_PROG(lw_fexit_syn_recv4, const struct sock *sk, struct sk_buff *skb,
-	     struct request_sock *req, struct dst_entry *dst,
-	     struct request_sock *req_unhash, bool *own_req, struct sock *child)
+int lw_fexit_syn_recv4(__u64 *ctx)
 {
-	syn_recv_done(sk, req, own_req, child);
+	__u64 child = 0;
+	bpf_get_func_ret(ctx, &child);
+	syn_recv_done((void *)ctx[0], (void *)ctx[2], (void *)ctx[5], (void *)child);
 	return 0;
 }
 
 SEC("fexit/tcp_v6_syn_recv_sock")
-int BPF_PROG(lw_fexit_syn_recv6, const struct sock *sk, struct sk_buff *skb,
-	     struct request_sock *req, struct dst_entry *dst,
-	     struct request_sock *req_unhash, bool *own_req, struct sock *child)
+int lw_fexit_syn_recv6(__u64 *ctx)
 {
-	if (!v4_mapped(skb))
-		syn_recv_done(sk, req, own_req, child);
+	__u64 child = 0;
+	if (v4_mapped((void *)ctx[1]))
+		return 0;
+	bpf_get_func_ret(ctx, &child);
+	syn_recv_done((void *)ctx[0], (void *)ctx[2], (void *)ctx[5], (void *)child);
 	return 0;
 }
 
@@ -402,39 +427,6 @@ int BPF_KRETPROBE(lw_krp_syn_recv6, struct sock *child)
 
 /* ---- syn ----------------------------------------------------------------- */
 
-static __always_inline void syn_seen(struct lw_listener_key *k)
-{
-	struct lw_listener_stats *st = find_listener(k);
-	if (st)
-		__sync_fetch_and_add(&st->syns, 1);
-	else
-		count(LW_C_UNATTRIBUTED_SYN);
-}
-
-static __always_inline void syn_at_listener(const struct sock *sk)
-{
-	struct lw_listener_key k;
-	key_from_sk(&k, sk);
-	syn_seen(&k);
-}
-
-SEC("fentry/tcp_conn_request")
-int BPF_PROG(lw_fentry_conn_request, struct request_sock_ops *rsk_ops, void *af_ops,
-	     struct sock *sk, struct sk_buff *skb)
-{
-	struct lw_listener_key k;
-	key_from_btf_sk(&k, sk);
-	syn_seen(&k);
-	return 0;
-}
-
-SEC("kprobe/tcp_conn_request")
-int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
-{
-	syn_at_listener(sk);
-	return 0;
-}
-
 /* What became of the SYN just handled by a listener. A SYN that is refused
  * has no drop event (it is consumed); what shows is the listener's drop
  * count, bumped by tcp_listendrop(). Drop events on the listener refresh
@@ -442,9 +434,8 @@ int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
  * full it was a listen overflow; else with the SYN queue full, a SYN-queue
  * drop. A SYN that left the SYN queue full without growing it was answered
  * with a cookie (inferred: exact unless requests expired in between). */
-static __always_inline void syn_outcome(struct lw_listener_stats *st)
+static __always_inline void syn_outcome(struct lw_listener_stats *st, const struct sock *sk)
 {
-	const struct sock *sk = (const struct sock *)st->sk;
 	if (!sk)
 		return;
 	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
@@ -459,13 +450,56 @@ static __always_inline void syn_outcome(struct lw_listener_stats *st)
 			why = LW_DROP_ACCEPTQ_SYN;
 		else if (qlen > max)
 			why = LW_DROP_SYNQ_FULL;
-		__sync_fetch_and_add(&st->drops[why], 1);
-		if (d > 1 && d < 1024) /* drops no event showed */
-			__sync_fetch_and_add(&st->drops[LW_DROP_OTHER], d - 1);
+		/* d > 1: another CPU refused a SYN of this listener between our
+		 * reads; at the same instant, for the same reason. */
+		__sync_fetch_and_add(&st->drops[why], d < 1024 ? d : 1);
 	} else if (qlen > max && qlen <= st->last_qlen) {
 		__sync_fetch_and_add(&st->cookies_sent, 1);
 	}
 	st->last_qlen = qlen;
+}
+
+/* fentry/kprobe mode: the listener is an argument; the outcome is read when
+ * tcp_conn_request returns. */
+static __always_inline void syn_at_listener(const struct sock *sk)
+{
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st) {
+		count(LW_C_UNATTRIBUTED_SYN);
+		return;
+	}
+	__sync_fetch_and_add(&st->syns, 1);
+	if (!st->sk)
+		st->sk = (__u64)sk;
+	syn_outcome(st, sk);
+}
+
+SEC("fexit/tcp_conn_request")
+int BPF_PROG(lw_fexit_conn_request, struct request_sock_ops *rsk_ops, void *af_ops,
+	     struct sock *sk, struct sk_buff *skb)
+{
+	syn_at_listener(sk);
+	return 0;
+}
+
+#define KP_CONN_REQUEST (1ULL << 62)
+
+SEC("kprobe/tcp_conn_request")
+int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
+{
+	kp_save(KP_CONN_REQUEST, (__u64)sk, 0, 0);
+	return 0;
+}
+
+SEC("kretprobe/tcp_conn_request")
+int BPF_KRETPROBE(lw_krp_conn_request)
+{
+	struct kp_args a;
+	if (kp_take(KP_CONN_REQUEST, &a) == 0)
+		syn_at_listener((const struct sock *)a.sk);
+	return 0;
 }
 
 /* Tracepoint mode: every SYN a listener handles (accepted, cookie or
@@ -512,7 +546,7 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 		return 0;
 	}
 	__sync_fetch_and_add(&st->syns, 1);
-	syn_outcome(st);
+	syn_outcome(st, (const struct sock *)st->sk);
 	return 0;
 }
 

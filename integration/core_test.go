@@ -46,6 +46,9 @@ func TestHookModes(t *testing.T) {
 	}
 	for _, h := range tracer.Hooks() {
 		switch {
+		case h.Mode == loader.ModeNone && (h.Stage == loader.StageDrops || h.Stage == loader.StageSynackRetx):
+			// One tracepoint each, missing on older kernels: say so.
+			t.Logf("stage %s unavailable on this kernel: %v", h.Stage, h.Err)
 		case h.Stage == loader.StageRegistry:
 			if h.Mode != loader.ModeTracepoint {
 				t.Errorf("registry: mode %s", h.Mode)
@@ -62,6 +65,7 @@ func TestHookModes(t *testing.T) {
 // once. listenwatch's accept-queue waits must add up to what the test
 // measured, per connection and in the histogram.
 func TestSlowAcceptor(t *testing.T) {
+	need(t, loader.StageSYN, loader.StageHandshake, loader.StageAccept)
 	ns := netns.New(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:8080")
 	fd := listen(t, ns, addr, 128)
@@ -143,7 +147,7 @@ func TestSlowAcceptor(t *testing.T) {
 			t.Errorf("client %s: incomplete timeline %+v (flags %#x)", cl, tl, c.Flags)
 			continue
 		}
-		if tl.Handshake >= 5*time.Millisecond {
+		if tl.Handshake >= 5*time.Millisecond*slack() {
 			t.Errorf("client %s: loopback handshake %v >= 5ms", cl, tl.Handshake)
 		}
 		if d := tl.Total - (tl.Handshake + tl.QueueWait); d.Abs() > time.Millisecond {
@@ -154,7 +158,7 @@ func TestSlowAcceptor(t *testing.T) {
 		// once on 2 cores they are a few ms apart, but well under the
 		// 20 ms between two accepts, so a connection matched to the
 		// wrong event would fail here.
-		if d := tl.QueueWait - wait; d.Abs() > 10*time.Millisecond {
+		if d := tl.QueueWait - wait; d.Abs() > 10*time.Millisecond*slack() {
 			t.Errorf("client %s: listenwatch wait %v, measured %v", cl, tl.QueueWait, wait)
 		}
 	}
@@ -166,7 +170,7 @@ func TestSlowAcceptor(t *testing.T) {
 	}
 	t.Logf("accept-queue wait sum: listenwatch %.4fs, measured %.4fs", got, want)
 	hs := histogram(t, "listenwatch_handshake_duration_seconds", key)
-	if below5ms := cumulative(hs, 0.005); hs.GetSampleCount() != n || below5ms != n {
+	if below5ms := cumulative(hs, 0.005); hs.GetSampleCount() != n || (below5ms != n && slack() == 1) {
 		t.Errorf("handshake histogram: %d samples, %d below 5ms; want %d", hs.GetSampleCount(), below5ms, n)
 	}
 	if tot := histogram(t, "listenwatch_syn_to_accept_seconds", key); tot.GetSampleCount() != n {
@@ -209,6 +213,7 @@ func connectN(t *testing.T, ns *netns.NS, addr netip.AddrPort, n int) {
 // TestExactCounts: N connections accepted -> accepted_total grows by
 // exactly N, per listener, with the kernel's PassiveOpens as oracle.
 func TestExactCounts(t *testing.T) {
+	need(t, loader.StageAccept)
 	t.Run("ipv4", func(t *testing.T) {
 		ns := netns.New(t)
 		exactCount(t, ns, netip.MustParseAddrPort("127.0.0.1:9000"), netip.MustParseAddrPort("127.0.0.1:9000"), 37)
@@ -258,8 +263,12 @@ func TestExactCounts(t *testing.T) {
 			la, lb := listener(t, ka), listener(t, kb)
 			return la.Accepted == 13 && lb.Accepted == 29, fmt.Sprintf("accepted %d and %d, want 13 and 29", la.Accepted, lb.Accepted)
 		})
-		if la, lb := listener(t, ka), listener(t, kb); la.SYNs != 13 || lb.SYNs != 29 || la.Handshakes != 13 || lb.Handshakes != 29 {
+		if la, lb := listener(t, ka), listener(t, kb); (has(loader.StageSYN) && (la.SYNs != 13 || lb.SYNs != 29)) ||
+			(has(loader.StageHandshake) && (la.Handshakes != 13 || lb.Handshakes != 29)) {
 			t.Errorf("syns %d/%d handshakes %d/%d, want 13/29", la.SYNs, lb.SYNs, la.Handshakes, lb.Handshakes)
+		}
+		if !has(loader.StageSYN) || !has(loader.StageHandshake) {
+			return
 		}
 		eventually(t, 5*time.Second, func() (bool, string) {
 			ha := histogram(t, "listenwatch_syn_to_accept_seconds", ka)
@@ -289,8 +298,11 @@ func exactCount(t *testing.T, ns *netns.NS, bind, to netip.AddrPort, n int) {
 		return l.Accepted-base.Accepted == opens, fmt.Sprintf("accepted_total grew %d, kernel PassiveOpens %d", l.Accepted-base.Accepted, opens)
 	})
 	l := listener(t, key)
-	if l.SYNs-base.SYNs != opens || l.Handshakes-base.Handshakes != opens {
-		t.Errorf("syns +%d handshakes +%d, want %d", l.SYNs-base.SYNs, l.Handshakes-base.Handshakes, opens)
+	if has(loader.StageSYN) && l.SYNs-base.SYNs != opens {
+		t.Errorf("syns +%d, want %d", l.SYNs-base.SYNs, opens)
+	}
+	if has(loader.StageHandshake) && l.Handshakes-base.Handshakes != opens {
+		t.Errorf("handshakes +%d, want %d", l.Handshakes-base.Handshakes, opens)
 	}
 	if l.Sockets != 1 || l.PID != uint32(os.Getpid()) {
 		t.Errorf("listener sockets %d pid %d, want 1 and %d", l.Sockets, l.PID, os.Getpid())
@@ -300,6 +312,7 @@ func exactCount(t *testing.T, ns *netns.NS, bind, to netip.AddrPort, n int) {
 // TestMetricsOverHTTP scrapes the exposition format over HTTP and checks
 // every family's type, unit suffix and HELP with the Prometheus parser.
 func TestMetricsOverHTTP(t *testing.T) {
+	need(t, loader.StageSYN, loader.StageHandshake, loader.StageAccept)
 	ns := netns.New(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:7070")
 	go serve(listen(t, ns, addr, 16))
@@ -411,6 +424,7 @@ func drain(t *testing.T, tr *loader.Tracer, sink func(*events.Conn)) {
 // TestRingbufLossCounted: a 4 KiB ring buffer nobody reads overflows;
 // every accepted connection is either a record or a counted loss.
 func TestRingbufLossCounted(t *testing.T) {
+	need(t, loader.StageAccept)
 	// The reader does not run until the storm is over.
 	tr := openTracer(t, loader.Config{RingbufSize: 4096, WakeupBytes: 4096})
 	ns := netns.New(t)
@@ -468,6 +482,7 @@ func TestRingbufLossCounted(t *testing.T) {
 // TestStartedMidConnection: connections completed before the agent
 // started are accepted afterwards: counted, marked incomplete, never timed.
 func TestStartedMidConnection(t *testing.T) {
+	need(t, loader.StageAccept)
 	ns := netns.New(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:7072")
 	fd := listen(t, ns, addr, 64)

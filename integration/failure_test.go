@@ -15,6 +15,7 @@ import (
 	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/loader"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -55,6 +56,10 @@ func closeAll(fds []int) {
 // ListenOverflows delta and its drop total the ListenDrops delta, exactly,
 // whether the kernel ignores (0) or resets (1) the overflowing ACK.
 func TestAcceptQueueOverflow(t *testing.T) {
+	need(t, loader.StageSYN) // SYN-time overflows
+	if !has(loader.StageDrops) && modeOf(loader.StageHandshake) == loader.ModeTracepoint {
+		t.Skip("final-ACK overflows are invisible on this kernel in tracepoint mode: kfree_skb has no rx_sk before 6.11")
+	}
 	for _, abort := range []string{"0", "1"} {
 		t.Run("abort_on_overflow="+abort, func(t *testing.T) {
 			ns := netns.New(t)
@@ -151,6 +156,7 @@ func hping(t *testing.T, peer *netns.NS, addr netip.AddrPort, n int) {
 // SYN-ACK retransmits equal the namespace's TCPSynRetrans (no client lives
 // in it, so every retransmit there is a SYN-ACK).
 func TestSYNQueueOverflow(t *testing.T) {
+	need(t, loader.StageSYN, loader.StageSynackRetx)
 	for _, cookies := range []string{"0", "1"} {
 		t.Run("tcp_syncookies="+cookies, func(t *testing.T) {
 			server, peer := floodPair(t)
@@ -203,6 +209,7 @@ func TestSYNQueueOverflow(t *testing.T) {
 // fds; 50 clients. listenwatch's EMFILE count must equal the failures the
 // server saw.
 func TestAcceptEMFILE(t *testing.T) {
+	need(t, loader.StageAcceptErrors)
 	ns := netns.New(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:8383")
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, os.Args[0], "-test.run=^TestHelperEMFILEServer$")

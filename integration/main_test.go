@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -257,6 +258,31 @@ func modeOf(s loader.Stage) loader.Mode {
 		}
 	}
 	return loader.ModeNone
+}
+
+// need skips a test, saying why, when a stage it depends on is not
+// attached on this kernel: a visible skip, never a silent pass.
+func need(t testing.TB, stages ...loader.Stage) {
+	t.Helper()
+	for _, s := range stages {
+		for _, h := range tracer.Hooks() {
+			if h.Stage == s && h.Mode == loader.ModeNone {
+				t.Skipf("stage %s is not attached on this kernel in this mode (%v): what it sees cannot be tested here", s, h.Err)
+			}
+		}
+	}
+}
+
+// has reports whether a stage is attached.
+func has(s loader.Stage) bool { return modeOf(s) != loader.ModeNone }
+
+// slack scales timing bounds: 1 on real hardware; the kernel matrix runs
+// under software emulation, 10 to 50 times slower, and sets it higher.
+func slack() time.Duration {
+	if v, err := strconv.Atoi(os.Getenv("LISTENWATCH_TEST_TIME_SLACK")); err == nil && v > 0 {
+		return time.Duration(v)
+	}
+	return 1
 }
 
 func stagesString() string {

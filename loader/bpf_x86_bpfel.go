@@ -121,40 +121,42 @@ type bpfLwListenerStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapLwConns              = "lw_conns"
-	bpfMapLwCounters           = "lw_counters"
-	bpfMapLwEvents             = "lw_events"
-	bpfMapLwKpArgs             = "lw_kp_args"
-	bpfMapLwListeners          = "lw_listeners"
-	bpfProgLwFentryConnRequest = "lw_fentry_conn_request"
-	bpfProgLwFexitAccept       = "lw_fexit_accept"
-	bpfProgLwFexitSynRecv4     = "lw_fexit_syn_recv4"
-	bpfProgLwFexitSynRecv6     = "lw_fexit_syn_recv6"
-	bpfProgLwKpAccept          = "lw_kp_accept"
-	bpfProgLwKpConnRequest     = "lw_kp_conn_request"
-	bpfProgLwKpSynRecv4        = "lw_kp_syn_recv4"
-	bpfProgLwKpSynRecv6        = "lw_kp_syn_recv6"
-	bpfProgLwKrpAccept         = "lw_krp_accept"
-	bpfProgLwKrpSynRecv4       = "lw_krp_syn_recv4"
-	bpfProgLwKrpSynRecv6       = "lw_krp_syn_recv6"
-	bpfProgLwTpAccept          = "lw_tp_accept"
-	bpfProgLwTpAccept4         = "lw_tp_accept4"
-	bpfProgLwTpConsume         = "lw_tp_consume"
-	bpfProgLwTpKfree           = "lw_tp_kfree"
-	bpfProgLwTpState           = "lw_tp_state"
-	bpfProgLwTpSynack          = "lw_tp_synack"
-	bpfVarCfgRspHi             = "cfg_rsp_hi"
-	bpfVarCfgRspLo             = "cfg_rsp_lo"
-	bpfVarCfgTpAccept          = "cfg_tp_accept"
-	bpfVarCfgTpHandshake       = "cfg_tp_handshake"
-	bpfVarCfgWakeupBytes       = "cfg_wakeup_bytes"
-	bpfVarUnusedAerr           = "unused_aerr"
-	bpfVarUnusedConn           = "unused_conn"
-	bpfVarUnusedCounter        = "unused_counter"
-	bpfVarUnusedDrop           = "unused_drop"
-	bpfVarUnusedEvent          = "unused_event"
-	bpfVarUnusedFlag           = "unused_flag"
-	bpfVarUnusedKind           = "unused_kind"
+	bpfMapLwConns             = "lw_conns"
+	bpfMapLwCounters          = "lw_counters"
+	bpfMapLwEvents            = "lw_events"
+	bpfMapLwKpArgs            = "lw_kp_args"
+	bpfMapLwListeners         = "lw_listeners"
+	bpfProgLwFexitAccept      = "lw_fexit_accept"
+	bpfProgLwFexitConnRequest = "lw_fexit_conn_request"
+	bpfProgLwFexitSynRecv4    = "lw_fexit_syn_recv4"
+	bpfProgLwFexitSynRecv6    = "lw_fexit_syn_recv6"
+	bpfProgLwKpAccept         = "lw_kp_accept"
+	bpfProgLwKpConnRequest    = "lw_kp_conn_request"
+	bpfProgLwKpSynRecv4       = "lw_kp_syn_recv4"
+	bpfProgLwKpSynRecv6       = "lw_kp_syn_recv6"
+	bpfProgLwKrpAccept        = "lw_krp_accept"
+	bpfProgLwKrpConnRequest   = "lw_krp_conn_request"
+	bpfProgLwKrpSynRecv4      = "lw_krp_syn_recv4"
+	bpfProgLwKrpSynRecv6      = "lw_krp_syn_recv6"
+	bpfProgLwTpAccept         = "lw_tp_accept"
+	bpfProgLwTpAccept4        = "lw_tp_accept4"
+	bpfProgLwTpConsume        = "lw_tp_consume"
+	bpfProgLwTpKfree          = "lw_tp_kfree"
+	bpfProgLwTpState          = "lw_tp_state"
+	bpfProgLwTpSynack         = "lw_tp_synack"
+	bpfVarCfgKfreeDrops       = "cfg_kfree_drops"
+	bpfVarCfgRspHi            = "cfg_rsp_hi"
+	bpfVarCfgRspLo            = "cfg_rsp_lo"
+	bpfVarCfgTpAccept         = "cfg_tp_accept"
+	bpfVarCfgTpHandshake      = "cfg_tp_handshake"
+	bpfVarCfgWakeupBytes      = "cfg_wakeup_bytes"
+	bpfVarUnusedAerr          = "unused_aerr"
+	bpfVarUnusedConn          = "unused_conn"
+	bpfVarUnusedCounter       = "unused_counter"
+	bpfVarUnusedDrop          = "unused_drop"
+	bpfVarUnusedEvent         = "unused_event"
+	bpfVarUnusedFlag          = "unused_flag"
+	bpfVarUnusedKind          = "unused_kind"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -199,23 +201,24 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	LwFentryConnRequest *ebpf.ProgramSpec `ebpf:"lw_fentry_conn_request"`
-	LwFexitAccept       *ebpf.ProgramSpec `ebpf:"lw_fexit_accept"`
-	LwFexitSynRecv4     *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv4"`
-	LwFexitSynRecv6     *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv6"`
-	LwKpAccept          *ebpf.ProgramSpec `ebpf:"lw_kp_accept"`
-	LwKpConnRequest     *ebpf.ProgramSpec `ebpf:"lw_kp_conn_request"`
-	LwKpSynRecv4        *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv4"`
-	LwKpSynRecv6        *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv6"`
-	LwKrpAccept         *ebpf.ProgramSpec `ebpf:"lw_krp_accept"`
-	LwKrpSynRecv4       *ebpf.ProgramSpec `ebpf:"lw_krp_syn_recv4"`
-	LwKrpSynRecv6       *ebpf.ProgramSpec `ebpf:"lw_krp_syn_recv6"`
-	LwTpAccept          *ebpf.ProgramSpec `ebpf:"lw_tp_accept"`
-	LwTpAccept4         *ebpf.ProgramSpec `ebpf:"lw_tp_accept4"`
-	LwTpConsume         *ebpf.ProgramSpec `ebpf:"lw_tp_consume"`
-	LwTpKfree           *ebpf.ProgramSpec `ebpf:"lw_tp_kfree"`
-	LwTpState           *ebpf.ProgramSpec `ebpf:"lw_tp_state"`
-	LwTpSynack          *ebpf.ProgramSpec `ebpf:"lw_tp_synack"`
+	LwFexitAccept      *ebpf.ProgramSpec `ebpf:"lw_fexit_accept"`
+	LwFexitConnRequest *ebpf.ProgramSpec `ebpf:"lw_fexit_conn_request"`
+	LwFexitSynRecv4    *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv4"`
+	LwFexitSynRecv6    *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv6"`
+	LwKpAccept         *ebpf.ProgramSpec `ebpf:"lw_kp_accept"`
+	LwKpConnRequest    *ebpf.ProgramSpec `ebpf:"lw_kp_conn_request"`
+	LwKpSynRecv4       *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv4"`
+	LwKpSynRecv6       *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv6"`
+	LwKrpAccept        *ebpf.ProgramSpec `ebpf:"lw_krp_accept"`
+	LwKrpConnRequest   *ebpf.ProgramSpec `ebpf:"lw_krp_conn_request"`
+	LwKrpSynRecv4      *ebpf.ProgramSpec `ebpf:"lw_krp_syn_recv4"`
+	LwKrpSynRecv6      *ebpf.ProgramSpec `ebpf:"lw_krp_syn_recv6"`
+	LwTpAccept         *ebpf.ProgramSpec `ebpf:"lw_tp_accept"`
+	LwTpAccept4        *ebpf.ProgramSpec `ebpf:"lw_tp_accept4"`
+	LwTpConsume        *ebpf.ProgramSpec `ebpf:"lw_tp_consume"`
+	LwTpKfree          *ebpf.ProgramSpec `ebpf:"lw_tp_kfree"`
+	LwTpState          *ebpf.ProgramSpec `ebpf:"lw_tp_state"`
+	LwTpSynack         *ebpf.ProgramSpec `ebpf:"lw_tp_synack"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -233,6 +236,7 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	CfgKfreeDrops  *ebpf.VariableSpec `ebpf:"cfg_kfree_drops"`
 	CfgRspHi       *ebpf.VariableSpec `ebpf:"cfg_rsp_hi"`
 	CfgRspLo       *ebpf.VariableSpec `ebpf:"cfg_rsp_lo"`
 	CfgTpAccept    *ebpf.VariableSpec `ebpf:"cfg_tp_accept"`
@@ -288,6 +292,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	CfgKfreeDrops  *ebpf.Variable `ebpf:"cfg_kfree_drops"`
 	CfgRspHi       *ebpf.Variable `ebpf:"cfg_rsp_hi"`
 	CfgRspLo       *ebpf.Variable `ebpf:"cfg_rsp_lo"`
 	CfgTpAccept    *ebpf.Variable `ebpf:"cfg_tp_accept"`
@@ -306,29 +311,30 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	LwFentryConnRequest *ebpf.Program `ebpf:"lw_fentry_conn_request"`
-	LwFexitAccept       *ebpf.Program `ebpf:"lw_fexit_accept"`
-	LwFexitSynRecv4     *ebpf.Program `ebpf:"lw_fexit_syn_recv4"`
-	LwFexitSynRecv6     *ebpf.Program `ebpf:"lw_fexit_syn_recv6"`
-	LwKpAccept          *ebpf.Program `ebpf:"lw_kp_accept"`
-	LwKpConnRequest     *ebpf.Program `ebpf:"lw_kp_conn_request"`
-	LwKpSynRecv4        *ebpf.Program `ebpf:"lw_kp_syn_recv4"`
-	LwKpSynRecv6        *ebpf.Program `ebpf:"lw_kp_syn_recv6"`
-	LwKrpAccept         *ebpf.Program `ebpf:"lw_krp_accept"`
-	LwKrpSynRecv4       *ebpf.Program `ebpf:"lw_krp_syn_recv4"`
-	LwKrpSynRecv6       *ebpf.Program `ebpf:"lw_krp_syn_recv6"`
-	LwTpAccept          *ebpf.Program `ebpf:"lw_tp_accept"`
-	LwTpAccept4         *ebpf.Program `ebpf:"lw_tp_accept4"`
-	LwTpConsume         *ebpf.Program `ebpf:"lw_tp_consume"`
-	LwTpKfree           *ebpf.Program `ebpf:"lw_tp_kfree"`
-	LwTpState           *ebpf.Program `ebpf:"lw_tp_state"`
-	LwTpSynack          *ebpf.Program `ebpf:"lw_tp_synack"`
+	LwFexitAccept      *ebpf.Program `ebpf:"lw_fexit_accept"`
+	LwFexitConnRequest *ebpf.Program `ebpf:"lw_fexit_conn_request"`
+	LwFexitSynRecv4    *ebpf.Program `ebpf:"lw_fexit_syn_recv4"`
+	LwFexitSynRecv6    *ebpf.Program `ebpf:"lw_fexit_syn_recv6"`
+	LwKpAccept         *ebpf.Program `ebpf:"lw_kp_accept"`
+	LwKpConnRequest    *ebpf.Program `ebpf:"lw_kp_conn_request"`
+	LwKpSynRecv4       *ebpf.Program `ebpf:"lw_kp_syn_recv4"`
+	LwKpSynRecv6       *ebpf.Program `ebpf:"lw_kp_syn_recv6"`
+	LwKrpAccept        *ebpf.Program `ebpf:"lw_krp_accept"`
+	LwKrpConnRequest   *ebpf.Program `ebpf:"lw_krp_conn_request"`
+	LwKrpSynRecv4      *ebpf.Program `ebpf:"lw_krp_syn_recv4"`
+	LwKrpSynRecv6      *ebpf.Program `ebpf:"lw_krp_syn_recv6"`
+	LwTpAccept         *ebpf.Program `ebpf:"lw_tp_accept"`
+	LwTpAccept4        *ebpf.Program `ebpf:"lw_tp_accept4"`
+	LwTpConsume        *ebpf.Program `ebpf:"lw_tp_consume"`
+	LwTpKfree          *ebpf.Program `ebpf:"lw_tp_kfree"`
+	LwTpState          *ebpf.Program `ebpf:"lw_tp_state"`
+	LwTpSynack         *ebpf.Program `ebpf:"lw_tp_synack"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
-		p.LwFentryConnRequest,
 		p.LwFexitAccept,
+		p.LwFexitConnRequest,
 		p.LwFexitSynRecv4,
 		p.LwFexitSynRecv6,
 		p.LwKpAccept,
@@ -336,6 +342,7 @@ func (p *bpfPrograms) Close() error {
 		p.LwKpSynRecv4,
 		p.LwKpSynRecv6,
 		p.LwKrpAccept,
+		p.LwKrpConnRequest,
 		p.LwKrpSynRecv4,
 		p.LwKrpSynRecv6,
 		p.LwTpAccept,

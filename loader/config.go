@@ -41,7 +41,7 @@ const (
 
 // Stages lists every stage, in attach order: the tracepoint-only stages
 // come after the ones whose mode they depend on.
-var Stages = []Stage{StageSYN, StageHandshake, StageAccept, StageAcceptErrors, StageDrops, StageSynackRetx, StageRegistry}
+var Stages = []Stage{StageDrops, StageSYN, StageHandshake, StageAccept, StageAcceptErrors, StageSynackRetx, StageRegistry}
 
 // auxiliary stages have a single, tracepoint, attachment on every kernel:
 // a forced mode does not apply to them, and when the kernel lacks their

@@ -79,8 +79,11 @@ func candidates(s Stage) []candidate {
 	switch s {
 	case StageSYN:
 		return []candidate{
-			{mode: ModeFentry, probes: []probe{{bpfProgLwFentryConnRequest, tracing}}},
-			{mode: ModeKprobe, probes: []probe{{bpfProgLwKpConnRequest, kprobe("tcp_conn_request")}}},
+			{mode: ModeFentry, probes: []probe{{bpfProgLwFexitConnRequest, tracing}}},
+			{mode: ModeKprobe, probes: []probe{
+				{bpfProgLwKpConnRequest, kprobe("tcp_conn_request")},
+				{bpfProgLwKrpConnRequest, kretprobe("tcp_conn_request")},
+			}},
 			{mode: ModeTracepoint, probes: []probe{{bpfProgLwTpConsume, tracing}}, prepare: prepareConsume},
 		}
 	case StageHandshake:
@@ -259,6 +262,12 @@ func (t *Tracer) attachStage(s Stage) Hook {
 			return h
 		}
 		if err := t.spec.Variables[bpfVarCfgTpAccept].Set(tpAccept); err != nil {
+			h.Err = err
+			return h
+		}
+		// Without the kfree_skb hook, the handshake programs count the
+		// final-ACK overflows themselves.
+		if err := t.spec.Variables[bpfVarCfgKfreeDrops].Set(t.modeOf(StageDrops) != ModeNone); err != nil {
 			h.Err = err
 			return h
 		}
