@@ -4,6 +4,7 @@
 GO      ?= go
 BIN     := bin/listenwatch
 GOFLAGS ?=
+VMTEST_KERNELS ?= 6.1 6.12 newest
 
 .PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean
 
@@ -17,9 +18,11 @@ run: build
 	./$(BIN) run
 
 # The whole suite, as CI runs it: tool install, generated code check, unit
-# and integration tests against this kernel (root), then the kernel matrix.
+# and integration tests against this kernel (root), then the kernel matrix
+# on Debian's 6.1 LTS and newest backports kernels under qemu.
 test: deps generate-check vet
 	$(GO) test -count=1 -p 1 ./...
+	VMTEST_KERNELS="6.1 newest" ./scripts/vmtest.sh
 
 unit:
 	$(GO) test -count=1 ./events/ ./exporter/ ./loader/ ./cmd/...
@@ -52,8 +55,10 @@ bench: build
 	$(GO) test -run "^$$" -bench . -benchmem ./events/ ./loader/ ./exporter/
 	$(GO) run ./bench -agent $(BIN) $(BENCHFLAGS)
 
+# The full kernel matrix: 6.1, 6.12 and the newest trixie-backports kernel,
+# every hook mode each allows. One kernel: make vmtest VMTEST_KERNELS=6.12
 vmtest:
-	./scripts/vmtest.sh
+	VMTEST_KERNELS="$(VMTEST_KERNELS)" ./scripts/vmtest.sh
 
 clean:
 	rm -rf bin

@@ -390,9 +390,7 @@ func TestMetricsOverHTTP(t *testing.T) {
 // configuration; it runs beside the shared one.
 func openTracer(t *testing.T, cfg loader.Config) *loader.Tracer {
 	t.Helper()
-	if cfg.Mode == "" {
-		cfg.Mode = testMode
-	}
+	cfg.Mode, cfg.Disabled = testCfg.Mode, testCfg.Disabled
 	tr, err := loader.Open(cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

@@ -33,6 +33,7 @@ var (
 	registry  *prometheus.Registry
 	tap       = &eventTap{byClient: map[netip.AddrPort]events.Conn{}}
 	testMode  loader.Mode
+	testCfg   loader.Config // what the environment asked for; private tracers reuse it
 )
 
 // eventTap keeps every decoded connection by client address, so tests can
@@ -81,6 +82,7 @@ func TestMain(m *testing.M) {
 		}
 		cfg.Disabled = []loader.Stage{st}
 	}
+	testCfg = cfg
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.InfoLevel)
 	tracer, err = loader.Open(cfg, log)
 	if err != nil {

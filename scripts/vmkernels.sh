@@ -47,12 +47,17 @@ fetch() {
 		echo "vmkernels: cannot resolve $meta" >&2
 		exit 1
 	fi
+	# Since 7.x the image package splits into linux-binary (vmlinuz) and
+	# linux-modules: fetch those too.
+	pkgs="$pkg $($wrap apt-cache depends "$pkg" | awk '/Depends: linux-(binary|modules)-[0-9]/{print $2}')"
 	tmp=$(mktemp -d)
-	(cd "$tmp" && $wrap apt-get download -qq "$pkg" >&2)
-	deb=$(ls "$tmp"/*.deb)
+	# shellcheck disable=SC2086
+	(cd "$tmp" && $wrap apt-get download -qq $pkgs 2>&1 | grep -v "unsandboxed" >&2 || true)
 	mkdir -p "$tmp/x"
-	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" --wildcards './boot/vmlinuz-*' './usr/lib/modules/*/vmlinuz' \
-		'./lib/modules/*/kernel/drivers/net/veth.ko*' './usr/lib/modules/*/kernel/drivers/net/veth.ko*' 2>/dev/null || true
+	for deb in "$tmp"/*.deb; do
+		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" --wildcards './boot/vmlinuz-*' './usr/lib/modules/*/vmlinuz' \
+			'./lib/modules/*/kernel/drivers/net/veth.ko*' './usr/lib/modules/*/kernel/drivers/net/veth.ko*' 2>/dev/null || true
+	done
 	vmlinuz=$(find "$tmp/x" -name 'vmlinuz*' -type f | head -1)
 	if [ -z "$vmlinuz" ]; then
 		echo "vmkernels: no vmlinuz in $pkg" >&2
@@ -80,7 +85,7 @@ for k in ${VMTEST_KERNELS:-6.1 6.12 newest}; do
 	case $k in
 	6.1) fetch 6.1 "" linux-image-cloud-amd64 ;;
 	6.12) fetch 6.12 "" linux-image-6.12-cloud-amd64 ;;
-	newest) fetch newest trixie_apt linux-image-cloud-amd64 ;;
+	newest) fetch newest trixie_apt linux-image-cloud-amd64/trixie-backports ;;
 	*) echo "vmkernels: unknown kernel $k (want 6.1, 6.12, newest)" >&2; exit 1 ;;
 	esac
 done
