@@ -165,7 +165,14 @@ func TestSlowAcceptor(t *testing.T) {
 	h := histogram(t, "listenwatch_accept_queue_wait_seconds", key)
 	got := h.GetSampleSum()
 	want := sumMeasured.Seconds()
-	if math.Abs(got-want) > 0.05*want {
+	// 5% on real hardware. Under emulation, on one vCPU, connect()
+	// returns tens of ms after the handshake: the per-connection bound
+	// above then limits the sum.
+	tolerance := 0.05 * want
+	if slack() > 1 {
+		tolerance = math.Max(tolerance, float64(n)*(10*time.Millisecond*slack()).Seconds())
+	}
+	if math.Abs(got-want) > tolerance {
 		t.Errorf("accept-queue wait sum %.4fs, measured %.4fs (off by %.1f%%)", got, want, 100*math.Abs(got-want)/want)
 	}
 	t.Logf("accept-queue wait sum: listenwatch %.4fs, measured %.4fs", got, want)
