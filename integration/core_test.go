@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/exporter"
 	"github.com/listenwatch/listenwatch/internal/netns"
@@ -545,5 +546,60 @@ func TestStartedMidConnection(t *testing.T) {
 	}
 	if incomplete != n {
 		t.Errorf("incomplete connections %v, want %d", incomplete, n)
+	}
+}
+
+// ourPrograms counts the BPF programs loaded in the kernel whose names are
+// listenwatch's.
+func ourPrograms(t *testing.T) int {
+	t.Helper()
+	n := 0
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return n
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // unloaded meanwhile
+		}
+		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "lw_") {
+			n++
+		}
+		p.Close()
+	}
+}
+
+// TestCloseDetachesEverything: a second tracer adds programs; Close
+// removes every one of them (nothing pinned, nothing left attached).
+func TestCloseDetachesEverything(t *testing.T) {
+	before := ourPrograms(t)
+	tr, err := loader.Open(testCfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	during := ourPrograms(t)
+	var attached int
+	for _, h := range tr.Hooks() {
+		attached += len(h.Programs)
+	}
+	if during-before != attached || attached == 0 {
+		t.Fatalf("open: %d programs appeared, hooks report %d", during-before, attached)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel frees detached programs after an RCU grace period.
+	eventually(t, 5*time.Second, func() (bool, string) {
+		after := ourPrograms(t)
+		return after == before, fmt.Sprintf("after Close: %d listenwatch programs, %d before", after, before)
+	})
+	if pinned, _ := os.ReadDir("/sys/fs/bpf"); len(pinned) > 0 {
+		for _, p := range pinned {
+			if strings.HasPrefix(p.Name(), "lw_") {
+				t.Errorf("pinned: %s", p.Name())
+			}
+		}
 	}
 }
