@@ -214,20 +214,30 @@ static __always_inline void listener_down(const struct sock *sk)
 
 /* ---- handshake ----------------------------------------------------------- */
 
+/* listener: the listening socket when the hook has it, else 0 (the
+ * registry's is used); queued: whether the child is already counted in
+ * the accept queue. */
 static __always_inline void handshake_done(__u64 child, struct lw_listener_key *k,
-					   __u64 t_syn, __u32 flags)
+					   __u64 t_syn, __u32 flags,
+					   const struct sock *listener, bool queued)
 {
+	__u32 ackq = 0;
 	struct lw_listener_stats *st = find_listener(k);
 	if (!st) {
 		count(LW_C_UNATTRIBUTED_HANDSHAKE);
 		flags |= LW_F_NO_LISTENER;
 	} else {
 		__sync_fetch_and_add(&st->handshakes, 1);
+		if (!listener)
+			listener = (const struct sock *)st->sk;
+		if (listener)
+			ackq = BPF_CORE_READ(listener, sk_ack_backlog) + (queued ? 0 : 1);
 	}
 	struct lw_conn c = {
 		.t_syn = t_syn,
 		.t_est = bpf_ktime_get_ns(),
 		.flags = flags | LW_F_HANDSHAKE,
+		.ackq = ackq,
 	};
 	c.listener = *k;
 	bpf_map_update_elem(&lw_conns, &child, &c, BPF_ANY);
@@ -262,7 +272,7 @@ static __always_inline void child_established(const struct sock *sk)
 	}
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
-	handshake_done((__u64)sk, &k, t_syn, flags);
+	handshake_done((__u64)sk, &k, t_syn, flags, NULL, true);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -331,7 +341,7 @@ static __always_inline void syn_recv_done(const struct sock *listener,
 	__u32 flags = snt ? LW_F_SYN_EXACT : LW_F_COOKIE;
 	struct lw_listener_key k;
 	key_from_sk(&k, listener);
-	handshake_done((__u64)child, &k, t_syn, flags);
+	handshake_done((__u64)child, &k, t_syn, flags, listener, false);
 }
 
 static __always_inline bool v4_mapped(const struct sk_buff *skb)
@@ -457,6 +467,7 @@ static __always_inline void syn_outcome(struct lw_listener_stats *st, const stru
 		__sync_fetch_and_add(&st->cookies_sent, 1);
 	}
 	st->last_qlen = qlen;
+	st->last_ackq = ackq;
 }
 
 /* fentry/kprobe mode: the listener is an argument; the outcome is read when
@@ -612,13 +623,14 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	struct lw_conn *c = bpf_map_lookup_elem(&lw_conns, &key);
 	struct lw_listener_key k;
 	__u64 t_syn = 0, t_est = 0;
-	__u32 flags = 0;
+	__u32 flags = 0, ackq = 0;
 
 	if (c) {
 		k = c->listener;
 		t_syn = c->t_syn;
 		t_est = c->t_est;
 		flags = c->flags;
+		ackq = c->ackq;
 		bpf_map_delete_elem(&lw_conns, &key);
 	} else if (listener) {
 		key_from_sk(&k, listener);
@@ -657,6 +669,8 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	e->flags = flags;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->ret = 0;
+	e->ackq = ackq;
+	e->_pad = 0;
 	submit(e);
 }
 

@@ -46,7 +46,7 @@ struct lw_listener_stats {
 	__u32 pid;        /* process that called listen() or accept() */
 	__u32 backlog;    /* sk_max_ack_backlog: the effective backlog */
 	__u32 req_backlog; /* the backlog listen() asked for; 0 if unknown */
-	__u32 _pad;
+	__u32 last_ackq;   /* its accept-queue length at the last SYN seen */
 	char comm[16];
 };
 
@@ -56,7 +56,7 @@ struct lw_conn {
 	__u64 t_est; /* ns, handshake complete */
 	struct lw_listener_key listener;
 	__u32 flags;
-	__u32 _pad;
+	__u32 ackq; /* accept-queue length with this child queued; 0 if unknown */
 };
 
 enum lw_event_kind {
@@ -85,6 +85,8 @@ struct lw_event {
 	__u32 flags;
 	__u32 pid;
 	__s32 ret;
+	__u32 ackq; /* accept-queue length when the child was queued; 0 if unknown */
+	__u32 _pad;
 };
 
 /* Global counters (per-CPU array), summed by the exporter. */

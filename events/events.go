@@ -54,6 +54,9 @@ type Conn struct {
 	SYN         time.Duration
 	Established time.Duration
 	Accepted    time.Duration
+	// AcceptQueueLen is the listener's accept-queue length when this
+	// connection was queued, itself included; 0 when unknown.
+	AcceptQueueLen uint32
 }
 
 // Missing names the first stage of a connection's timeline that is not

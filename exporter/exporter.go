@@ -30,6 +30,7 @@ var listenerLabels = []string{"netns", "addr", "port"}
 // the connections it could not time.
 type listenerState struct {
 	handshake, wait, total hist
+	queueLen               lenHist
 	incomplete             [3]atomic.Uint64 // by events.Missing: syn, handshake, invalid
 	labels                 []string
 }
@@ -47,6 +48,7 @@ type Collector struct {
 
 	syns, handshakes, accepted, sockets, backlog, info   *prometheus.Desc
 	reqBacklog, drops, cookies, synackRetx, acceptErrors *prometheus.Desc
+	acceptQLen, synQLen, queueLenHist                    *prometheus.Desc
 	handshakeDur, queueWait, synToAccept, incomplete     *prometheus.Desc
 	hookInfo, lost, records, decodeErrors, unattributed  *prometheus.Desc
 	recursionMisses, runSeconds, runs, scrapeErrors      *prometheus.Desc
@@ -69,6 +71,9 @@ func New(src Source, log zerolog.Logger) *Collector {
 		accepted:     d("listener_connections_accepted_total", "Connections returned to the application by accept().", ll...),
 		sockets:      d("listener_sockets", "Listening sockets with this address now (more than 1 with SO_REUSEPORT; 0 after close).", ll...),
 		backlog:      d("listener_backlog", "Effective accept-queue limit (sk_max_ack_backlog = min(listen() backlog, net.core.somaxconn)); 0 if the listener predates the agent.", ll...),
+		acceptQLen:   d("listener_accept_queue_length", "Accept-queue length (completed connections not yet accepted) at the last SYN the listener received; compare with listenwatch_listener_backlog.", ll...),
+		synQLen:      d("listener_syn_queue_length", "SYN-queue length (handshakes in progress) at the last SYN the listener received.", ll...),
+		queueLenHist: d("accept_queue_length_at_connection", "Accept-queue length when each accepted connection was queued, itself included: how close to the backlog the listener runs.", ll...),
 		reqBacklog:   d("listener_backlog_requested", "Backlog the application passed to listen(), before the net.core.somaxconn cap; 0 if the listener predates the agent.", ll...),
 		drops:        d("listener_drops_total", "Connections the listener refused, by reason: accept_queue_full_* add up to the kernel's ListenOverflows, all reasons to ListenDrops.", append(ll, "reason")...),
 		cookies:      d("listener_syncookies_sent_total", "SYNs answered with a SYN cookie because the SYN queue was full.", ll...),
@@ -143,6 +148,9 @@ func (c *Collector) Observe(conn *events.Conn) {
 	if tl.Missing != events.MissingNone {
 		s.incomplete[tl.Missing-1].Add(1)
 	}
+	if conn.AcceptQueueLen > 0 {
+		s.queueLen.observe(conn.AcceptQueueLen)
+	}
 }
 
 // Describe implements prometheus.Collector.
@@ -150,6 +158,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.syns, c.handshakes, c.accepted, c.sockets, c.backlog, c.info,
 		c.reqBacklog, c.drops, c.cookies, c.synackRetx, c.acceptErrors,
+		c.acceptQLen, c.synQLen, c.queueLenHist,
 		c.handshakeDur, c.queueWait, c.synToAccept, c.incomplete,
 		c.hookInfo, c.lost, c.records, c.decodeErrors, c.unattributed,
 		c.recursionMisses, c.runSeconds, c.runs, c.scrapeErrors,
@@ -172,6 +181,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.sockets, prometheus.GaugeValue, float64(l.Sockets), lv...)
 		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(l.Backlog), lv...)
 		ch <- prometheus.MustNewConstMetric(c.reqBacklog, prometheus.GaugeValue, float64(l.RequestedBacklog), lv...)
+		ch <- prometheus.MustNewConstMetric(c.acceptQLen, prometheus.GaugeValue, float64(l.AcceptQueueLen), lv...)
+		ch <- prometheus.MustNewConstMetric(c.synQLen, prometheus.GaugeValue, float64(l.SYNQueueLen), lv...)
 		for r, v := range l.Drops {
 			ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(v), append(lv[:3:3], loader.DropReason(r).String())...)
 		}
@@ -191,6 +202,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			n, sum, b := h.h.snapshot()
 			ch <- prometheus.MustNewConstHistogram(h.d, n, sum, b, s.labels...)
 		}
+		n, sum, b := s.queueLen.snapshot()
+		ch <- prometheus.MustNewConstHistogram(c.queueLenHist, n, sum, b, s.labels...)
 		for i, m := range []events.Missing{events.MissingSYN, events.MissingHandshake, events.MissingInvalid} {
 			ch <- prometheus.MustNewConstMetric(c.incomplete, prometheus.CounterValue,
 				float64(s.incomplete[i].Load()), append(s.labels[:3:3], m.String())...)

@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"math/bits"
 	"sync/atomic"
 	"time"
 )
@@ -54,4 +55,43 @@ func (h *hist) snapshot() (uint64, float64, map[float64]uint64) {
 	}
 	cum += h.counts[len(bucketBounds)].Load()
 	return cum, time.Duration(h.sum.Load()).Seconds(), buckets
+}
+
+// Accept-queue length buckets: 0, 1, 2, 4 ... 65536 (powers of two, the
+// backlogs people configure).
+var queueBounds = func() []float64 {
+	b := []float64{0}
+	for v := 1.0; v <= 65536; v *= 2 {
+		b = append(b, v)
+	}
+	return b
+}()
+
+// lenHist is a lock-free histogram of queue lengths.
+type lenHist struct {
+	counts [19]atomic.Uint64 // len(queueBounds)+1
+	sum    atomic.Uint64
+}
+
+func (h *lenHist) observe(n uint32) {
+	i := 0
+	if n > 0 {
+		i = bits.Len32(n-1) + 1 // first power of two >= n
+		if i > len(queueBounds) {
+			i = len(queueBounds)
+		}
+	}
+	h.counts[i].Add(1)
+	h.sum.Add(uint64(n))
+}
+
+func (h *lenHist) snapshot() (uint64, float64, map[float64]uint64) {
+	buckets := make(map[float64]uint64, len(queueBounds))
+	var cum uint64
+	for i, b := range queueBounds {
+		cum += h.counts[i].Load()
+		buckets[b] = cum
+	}
+	cum += h.counts[len(queueBounds)].Load()
+	return cum, float64(h.sum.Load()), buckets
 }

@@ -184,6 +184,14 @@ func TestSlowAcceptor(t *testing.T) {
 	if tot := histogram(t, "listenwatch_syn_to_accept_seconds", key); tot.GetSampleCount() != n {
 		t.Errorf("syn_to_accept samples %d, want %d", tot.GetSampleCount(), n)
 	}
+	// All 50 were queued before the first accept: the queue held 1, 2 ...
+	// 50 as each arrived (two queued at once on two CPUs may read each
+	// other's: a length off by one).
+	q := histogram(t, "listenwatch_accept_queue_length_at_connection", key)
+	if q.GetSampleCount() != n || math.Abs(q.GetSampleSum()-1275) > 50 ||
+		cumulative(q, 64) != n || cumulative(q, 32) >= n {
+		t.Errorf("accept-queue length histogram: %v (want 50 samples of 1..50, sum 1275)", q)
+	}
 }
 
 func cumulative(h *dto.Histogram, le float64) uint64 {
@@ -353,6 +361,11 @@ func TestMetricsOverHTTP(t *testing.T) {
 		"listenwatch_handshake_duration_seconds":          dto.MetricType_HISTOGRAM,
 		"listenwatch_accept_queue_wait_seconds":           dto.MetricType_HISTOGRAM,
 		"listenwatch_syn_to_accept_seconds":               dto.MetricType_HISTOGRAM,
+		"listenwatch_accept_queue_length_at_connection":   dto.MetricType_HISTOGRAM,
+		"listenwatch_listener_accept_queue_length":        dto.MetricType_GAUGE,
+		"listenwatch_listener_syn_queue_length":           dto.MetricType_GAUGE,
+		"listenwatch_listener_drops_total":                dto.MetricType_COUNTER,
+		"listenwatch_listener_backlog_requested":          dto.MetricType_GAUGE,
 		"listenwatch_incomplete_connections_total":        dto.MetricType_COUNTER,
 		"listenwatch_hook_info":                           dto.MetricType_GAUGE,
 		"listenwatch_ringbuf_lost_events_total":           dto.MetricType_COUNTER,
@@ -384,7 +397,7 @@ func TestMetricsOverHTTP(t *testing.T) {
 			}
 		}
 		for _, lp := range m.GetLabel() {
-			if lp.GetName() != "netns" && lp.GetName() != "addr" && lp.GetName() != "port" {
+			if n := lp.GetName(); n != "netns" && n != "addr" && n != "port" {
 				t.Errorf("unexpected label %s on a histogram", lp.GetName())
 			}
 		}
@@ -549,15 +562,15 @@ func TestStartedMidConnection(t *testing.T) {
 	}
 }
 
-// ourPrograms counts the BPF programs loaded in the kernel whose names are
-// listenwatch's.
-func ourPrograms(t *testing.T) int {
+// ourPrograms returns the IDs of the BPF programs loaded in the kernel
+// whose names are listenwatch's.
+func ourPrograms(t *testing.T) map[ebpf.ProgramID]bool {
 	t.Helper()
-	n := 0
+	ids := map[ebpf.ProgramID]bool{}
 	for id := ebpf.ProgramID(0); ; {
 		next, err := ebpf.ProgramGetNextID(id)
 		if err != nil {
-			return n
+			return ids
 		}
 		id = next
 		p, err := ebpf.NewProgramFromID(id)
@@ -565,7 +578,7 @@ func ourPrograms(t *testing.T) int {
 			continue // unloaded meanwhile
 		}
 		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "lw_") {
-			n++
+			ids[id] = true
 		}
 		p.Close()
 	}
@@ -579,21 +592,32 @@ func TestCloseDetachesEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	during := ourPrograms(t)
+	var added []ebpf.ProgramID
+	for id := range ourPrograms(t) {
+		if !before[id] {
+			added = append(added, id)
+		}
+	}
 	var attached int
 	for _, h := range tr.Hooks() {
 		attached += len(h.Programs)
 	}
-	if during-before != attached || attached == 0 {
-		t.Fatalf("open: %d programs appeared, hooks report %d", during-before, attached)
+	if len(added) != attached || attached == 0 {
+		t.Fatalf("open: %d programs appeared, hooks report %d", len(added), attached)
 	}
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
 	}
 	// The kernel frees detached programs after an RCU grace period.
 	eventually(t, 5*time.Second, func() (bool, string) {
-		after := ourPrograms(t)
-		return after == before, fmt.Sprintf("after Close: %d listenwatch programs, %d before", after, before)
+		now := ourPrograms(t)
+		left := 0
+		for _, id := range added {
+			if now[id] {
+				left++
+			}
+		}
+		return left == 0, fmt.Sprintf("after Close: %d of its %d programs still loaded", left, len(added))
 	})
 	if pinned, _ := os.ReadDir("/sys/fs/bpf"); len(pinned) > 0 {
 		for _, p := range pinned {

@@ -34,7 +34,7 @@ type bpfLwConn struct {
 	T_est    uint64
 	Listener bpfLwListenerKey
 	Flags    uint32
-	Pad      uint32
+	Ackq     uint32
 }
 
 type bpfLwCounter uint32
@@ -70,6 +70,8 @@ type bpfLwEvent struct {
 	Flags    uint32
 	Pid      uint32
 	Ret      int32
+	Ackq     uint32
+	Pad      uint32
 }
 
 type bpfLwEventKind uint32
@@ -113,7 +115,7 @@ type bpfLwListenerStats struct {
 	Pid           uint32
 	Backlog       uint32
 	ReqBacklog    uint32
-	Pad           uint32
+	LastAckq      uint32
 	Comm          [16]int8
 }
 

@@ -22,6 +22,7 @@ func TestDecodeIPv4(t *testing.T) {
 		Listener: bpfLwListenerKey{Netns: 4026531840, Port: 8080, Family: afInet, Addr: [16]byte{10, 0, 0, 5}},
 		Raddr:    [16]byte{10, 0, 0, 9}, Rport: 40000,
 		Kind: uint16(bpfLwEventKindLW_EV_ACCEPT), Flags: uint32(bpfLwFlagLW_F_HANDSHAKE | bpfLwFlagLW_F_SYN_SRTT), Pid: 77,
+		Ackq: 3,
 	}
 	var c events.Conn
 	if err := Decode(record(e), &c); err != nil {
@@ -31,7 +32,7 @@ func TestDecodeIPv4(t *testing.T) {
 		Listener: events.ListenerKey{Netns: 4026531840, Addr: netip.MustParseAddr("10.0.0.5"), Port: 8080},
 		Client:   netip.MustParseAddrPort("10.0.0.9:40000"),
 		PID:      77, Flags: events.FlagHandshake | events.FlagSYNFromRTT,
-		SYN: 1000, Established: 2000, Accepted: 5000 * time.Nanosecond,
+		SYN: 1000, Established: 2000, Accepted: 5000 * time.Nanosecond, AcceptQueueLen: 3,
 	}
 	if c != want {
 		t.Fatalf("got %+v\nwant %+v", c, want)

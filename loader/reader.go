@@ -59,6 +59,7 @@ func Decode(raw []byte, c *events.Conn) error {
 	c.SYN = time.Duration(e.T_syn)
 	c.Established = time.Duration(e.T_est)
 	c.Accepted = time.Duration(e.T_acc)
+	c.AcceptQueueLen = e.Ackq
 	return nil
 }
 

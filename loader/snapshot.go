@@ -22,6 +22,8 @@ type Listener struct {
 	RequestedBacklog uint32
 	PID              uint32
 	Comm             string
+	// Queue lengths as of the last SYN the listener received.
+	AcceptQueueLen, SYNQueueLen uint32
 
 	Drops         [DropReasons]uint64 // by DropReason
 	CookiesSent   uint64              // SYNs answered with a SYN cookie
@@ -85,6 +87,7 @@ func (t *Tracer) Listeners() ([]Listener, error) {
 			Key: listenerKey(&k), SYNs: v.Syns, Handshakes: v.Handshakes, Accepted: v.Accepted,
 			Sockets: v.Sockets, Backlog: v.Backlog, RequestedBacklog: v.ReqBacklog, PID: v.Pid, Comm: cString(v.Comm[:]),
 			Drops: v.Drops, CookiesSent: v.CookiesSent, SynackRetrans: v.SynackRetrans,
+			AcceptQueueLen: v.LastAckq, SYNQueueLen: v.LastQlen,
 			AcceptEMFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_EMFILE], AcceptENFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_ENFILE],
 		})
 	}
