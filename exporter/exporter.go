@@ -245,3 +245,7 @@ func (c *Collector) scrapeFailed(err error) {
 	c.scrapeErrorCount.Add(1)
 	c.log.Error().Err(err).Msg("scrape: could not read kernel state")
 }
+
+// Listeners reports how many listeners have histogram state: bounded by
+// the kernel's registry, whatever the traffic.
+func (c *Collector) Listeners() int { return len(*c.listeners.Load()) }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -331,5 +332,71 @@ func TestHelperEMFILEServer(t *testing.T) {
 			emfile++
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func vmRSS(t *testing.T) uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func mapEntries(t *testing.T, name string) int {
+	m := tracer.Map(name)
+	var k, v []byte
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
+
+// TestFloodMemoryFlat: a spoofed SYN flood (30 s; LISTENWATCH_TEST_FLOOD
+// to change) leaves the agent's memory, its BPF tables and its series
+// where they were: nothing is kept per client or per SYN.
+func TestFloodMemoryFlat(t *testing.T) {
+	need(t, loader.StageSYN)
+	secs := 30
+	if v, err := strconv.Atoi(os.Getenv("LISTENWATCH_TEST_FLOOD")); err == nil {
+		secs = v
+	}
+	server, peer := floodPair(t)
+	addr := netip.MustParseAddrPort("10.88.0.1:8585")
+	fd := listen(t, server, addr, 128)
+	defer unix.Close(fd)
+	key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
+
+	runtime.GC()
+	rss0 := vmRSS(t)
+	listeners0, conns0, series0 := mapEntries(t, "lw_listeners"), mapEntries(t, "lw_conns"), collector.Listeners()
+	syn0 := listener(t, key).SYNs
+	if err := peer.Run("timeout", "--signal=INT", strconv.Itoa(secs), "hping3", "-q", "-S", "-p", "8585",
+		"--flood", "--rand-source", addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status") {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	rss1 := vmRSS(t)
+	listeners1, conns1, series1 := mapEntries(t, "lw_listeners"), mapEntries(t, "lw_conns"), collector.Listeners()
+	syns := listener(t, key).SYNs - syn0
+	t.Logf("%d s flood: %d SYNs seen; RSS %.1f -> %.1f MiB; listeners %d -> %d; conns %d -> %d; series %d -> %d",
+		secs, syns, float64(rss0)/(1<<20), float64(rss1)/(1<<20), listeners0, listeners1, conns0, conns1, series0, series1)
+	if syns < 1000 {
+		t.Fatalf("only %d SYNs reached the listener: the flood did not happen", syns)
+	}
+	if rss1 > rss0+8<<20 {
+		t.Errorf("RSS grew by %.1f MiB during the flood", float64(rss1-rss0)/(1<<20))
+	}
+	if listeners1 > listeners0+1 || conns1 > conns0+1 || series1 > series0+1 {
+		t.Errorf("tables grew: listeners %d -> %d, conns %d -> %d, series %d -> %d",
+			listeners0, listeners1, conns0, conns1, series0, series1)
 	}
 }

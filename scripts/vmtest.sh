@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh vm
 kernels=$(./scripts/vmkernels.sh)
-export CGO_ENABLED=0 LISTENWATCH_TEST_TIME_SLACK=20
+export CGO_ENABLED=0 LISTENWATCH_TEST_TIME_SLACK=20 LISTENWATCH_TEST_FLOOD=5
 log=.cache/vmtest/logs
 mkdir -p "$log"
 failed=0
