@@ -674,23 +674,17 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	submit(e);
 }
 
-static __always_inline const struct sock *tcp_of(const struct sock *sk)
-{
-	/* An MPTCP socket wraps the TCP socket all TCP hooks report. */
-	if (bpf_core_type_exists(struct mptcp_sock) &&
-	    BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP)
-		return BPF_CORE_READ((struct mptcp_sock *)sk, first);
-	return sk;
-}
-
-/* The socket behind a file descriptor of the current task, or NULL. */
+/* The socket behind a file descriptor of the current task, if it is TCP
+ * (an MPTCP socket is unwrapped to the TCP socket all TCP hooks report).
+ * The task's fd table is reached with plain loads through its BTF type;
+ * only the array slot and the file's private data need a probe read. */
 static __always_inline const struct sock *sock_of_fd(long fd)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+	struct fdtable *fdt = t->files->fdt;
+	if (fd < 0 || fd >= fdt->max_fds)
 		return NULL;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file **fds = fdt->fd;
 	struct file *f = NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	if (!f)
@@ -701,13 +695,16 @@ static __always_inline const struct sock *sock_of_fd(long fd)
 	const struct sock *sk = BPF_CORE_READ(so, sk);
 	if (!sk)
 		return NULL;
-	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (fam != AF_INET && fam != AF_INET6)
-		return NULL;
-	sk = tcp_of(sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return NULL;
-	return sk;
+	/* Only stream sockets are accepted; of those only inet ones carry
+	 * these protocol numbers. */
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (bpf_core_type_exists(struct mptcp_sock) && proto == IPPROTO_MPTCP) {
+		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+		if (!sk)
+			return NULL;
+		proto = BPF_CORE_READ(sk, sk_protocol);
+	}
+	return proto == IPPROTO_TCP ? sk : NULL;
 }
 
 struct sys_exit_args {
