@@ -68,9 +68,13 @@ func run(cfg Config) error {
 	go func() {
 		readErr <- tracer.Run(ctx, func(c *events.Conn) {
 			collector.Observe(c)
-			sampled.Debug().Stringer("listener", c.Listener).Stringer("client", c.Client).
-				Dur("handshake", c.Established-c.SYN).Dur("queue_wait", c.Accepted-c.Established).
-				Uint32("pid", c.PID).Msg("connection accepted")
+			// Checked first: building the fields would allocate per event.
+			if e := sampled.Debug(); e != nil {
+				tl := c.Timeline()
+				e.Stringer("listener", c.Listener).Stringer("client", c.Client).Uint32("pid", c.PID).
+					Dur("handshake", tl.Handshake).Dur("queue_wait", tl.QueueWait).
+					Stringer("missing", tl.Missing).Msg("connection accepted")
+			}
 		})
 	}()
 
