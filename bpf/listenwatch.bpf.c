@@ -588,10 +588,14 @@ int BPF_PROG(lw_tp_kfree, struct sk_buff *skb, void *location, enum skb_drop_rea
 	if (!d)
 		return 0; /* not a listen drop (e.g. a stray segment) */
 	bool full = rx_sk->sk_ack_backlog > rx_sk->sk_max_ack_backlog;
-	__u32 overflow = bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW) ?
-		bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW) : ~0u;
+	/* 6.15+ names the final-ACK overflow; 6.11 to 6.14 report it as
+	 * NOT_SPECIFIED (with the queue full). */
 	__u32 nosock = bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NO_SOCKET);
-	if (reason == overflow || (full && reason == nosock && overflow == ~0u)) {
+	__u32 overflow = bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED);
+	bool named = bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW);
+	if (named)
+		overflow = bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW);
+	if (reason == overflow && (named || full)) {
 		__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_ACK], 1);
 	} else if (full && reason == nosock) {
 		__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_COOKIE_ACK], 1);

@@ -33,6 +33,9 @@ type listenerState struct {
 	queueLen               lenHist
 	incomplete             [3]atomic.Uint64 // by events.Missing: syn, handshake, invalid
 	labels                 []string
+	// touched is set by Observe and cleared by each scrape: a closed
+	// listener's state is dropped once a scrape interval passes untouched.
+	touched atomic.Bool
 }
 
 // Collector is a prometheus.Collector. Observe is called by the single
@@ -135,6 +138,9 @@ func (c *Collector) Observe(conn *events.Conn) {
 		return
 	}
 	s := c.state(conn.Listener)
+	if !s.touched.Load() {
+		s.touched.Store(true) // a load first: no cache-line write per event
+	}
 	tl := conn.Timeline()
 	if tl.HasHandshake {
 		s.handshake.observe(tl.Handshake)
@@ -194,6 +200,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm)...)
 	}
 
+	c.evict(ls, err == nil)
 	for _, s := range *c.listeners.Load() {
 		for _, h := range []struct {
 			d *prometheus.Desc
@@ -239,6 +246,42 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.runs, prometheus.CounterValue, float64(p.RunCount), p.Name)
 	}
 	ch <- prometheus.MustNewConstMetric(c.scrapeErrors, prometheus.CounterValue, float64(c.scrapeErrorCount.Load()))
+}
+
+// evict drops the histograms of listeners that are closed (or gone from
+// the kernel's registry) and saw no connection since the last scrape, so
+// that namespaces coming and going (pods) do not leave series behind.
+func (c *Collector) evict(ls []loader.Listener, valid bool) {
+	if !valid {
+		return
+	}
+	open := make(map[events.ListenerKey]bool, len(ls))
+	for _, l := range ls {
+		if l.Sockets > 0 {
+			open[l.Key] = true
+		}
+	}
+	cur := *c.listeners.Load()
+	var gone []events.ListenerKey
+	for k, s := range cur {
+		if !s.touched.Swap(false) && !open[k] {
+			gone = append(gone, k)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.listeners.Load()
+	m := make(map[events.ListenerKey]*listenerState, len(old))
+	for k, v := range old {
+		m[k] = v
+	}
+	for _, k := range gone {
+		delete(m, k)
+	}
+	c.listeners.Store(&m)
 }
 
 func (c *Collector) scrapeFailed(err error) {

@@ -191,3 +191,27 @@ func BenchmarkObserve(b *testing.B) {
 		c.Observe(conn)
 	}
 }
+
+func TestClosedListenerSeriesEvicted(t *testing.T) {
+	f := newFake()
+	c := New(f, zerolog.Nop())
+	c.Observe(&events.Conn{Listener: web, Accepted: 5})
+	// Still open: kept, whatever the traffic.
+	testutil.CollectAndCount(c)
+	testutil.CollectAndCount(c)
+	if c.Listeners() != 1 {
+		t.Fatalf("open listener evicted")
+	}
+	// Closed, but a connection arrived since the last scrape: kept once.
+	f.listeners[0].Sockets = 0
+	c.Observe(&events.Conn{Listener: web, Accepted: 6})
+	testutil.CollectAndCount(c)
+	if c.Listeners() != 1 {
+		t.Fatalf("closed listener evicted while still seeing connections")
+	}
+	// Closed and quiet for a scrape interval: gone.
+	testutil.CollectAndCount(c)
+	if c.Listeners() != 0 {
+		t.Fatalf("closed listener's series kept")
+	}
+}

@@ -240,6 +240,21 @@ func histogram(t testing.TB, name string, k events.ListenerKey) *dto.Histogram {
 	return nil
 }
 
+// counter returns the value of one counter series, or -1.
+func counter(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	mf := family(t, name)
+	if mf == nil {
+		return -1
+	}
+	for _, m := range mf.Metric {
+		if labelsMatch(m, labels) {
+			return m.GetCounter().GetValue()
+		}
+	}
+	return -1
+}
+
 func labelsMatch(m *dto.Metric, want map[string]string) bool {
 	n := 0
 	for _, lp := range m.Label {

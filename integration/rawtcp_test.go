@@ -182,7 +182,7 @@ func TestOverflowAfterTheSYN(t *testing.T) {
 	if !has(loader.StageDrops) && modeOf(loader.StageHandshake) == loader.ModeTracepoint {
 		t.Skip("final-ACK overflows are invisible on this kernel in tracepoint mode: kfree_skb has no rx_sk before 6.11")
 	}
-	for _, abort := range []string{"0", "1"} {
+	for i, abort := range []string{"0", "1"} {
 		t.Run("abort_on_overflow="+abort, func(t *testing.T) {
 			server, peer := floodPair(t)
 			if err := server.Sysctl("net.ipv4.tcp_syncookies", "1"); err != nil {
@@ -191,7 +191,7 @@ func TestOverflowAfterTheSYN(t *testing.T) {
 			if err := server.Sysctl("net.ipv4.tcp_abort_on_overflow", abort); err != nil {
 				t.Fatal(err)
 			}
-			addr := netip.MustParseAddrPort("10.88.0.1:8686")
+			addr := netip.AddrPortFrom(netip.MustParseAddr("10.88.0.1"), uint16(8686+i))
 			fd := listen(t, server, addr, 4)
 			key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
 			p := newRawPeer(t, server, peer, addr)
@@ -202,7 +202,16 @@ func TestOverflowAfterTheSYN(t *testing.T) {
 			p.ack(t, regular...)
 			p.ack(t, cookies[5:]...)
 			time.Sleep(100 * time.Millisecond)
-			unix.Close(fd)
+			// The 5 cookie children are accepted: counted, and timed from
+			// the handshake on (a cookie has no SYN time).
+			unix.SetNonblock(fd, true)
+			var accepted int
+			for range 5 {
+				if _, _, nfd, err := acceptOne(fd); err == nil {
+					unix.Close(nfd)
+					accepted++
+				}
+			}
 			after, _ := server.Netstat()
 			d := netns.Delta(before, after, "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv")
 			l := listener(t, key)
@@ -224,6 +233,19 @@ func TestOverflowAfterTheSYN(t *testing.T) {
 			if has(loader.StageHandshake) && l.Handshakes != 5 {
 				t.Errorf("handshakes %d, want the 5 cookie children", l.Handshakes)
 			}
+			if accepted != 5 {
+				t.Fatalf("accepted %d cookie children, want 5", accepted)
+			}
+			eventually(t, 5*time.Second, func() (bool, string) {
+				w := histogram(t, "listenwatch_accept_queue_wait_seconds", key)
+				s := histogram(t, "listenwatch_syn_to_accept_seconds", key)
+				inc := counter(t, "listenwatch_incomplete_connections_total", map[string]string{
+					"netns": fmt.Sprint(key.Netns), "addr": "10.88.0.1", "port": fmt.Sprint(addr.Port()), "missing": "syn"})
+				return w.GetSampleCount() == 5 && s.GetSampleCount() == 0 && inc == 5,
+					fmt.Sprintf("cookie children: queue-wait samples %d (want 5), SYN->accept samples %d (want 0), incomplete{missing=syn} %v (want 5)",
+						w.GetSampleCount(), s.GetSampleCount(), inc)
+			})
+			unix.Close(fd)
 		})
 	}
 }
