@@ -67,7 +67,7 @@ func TestHookModes(t *testing.T) {
 // measured, per connection and in the histogram.
 func TestSlowAcceptor(t *testing.T) {
 	need(t, loader.StageSYN, loader.StageHandshake, loader.StageAccept)
-	ns := netns.New(t)
+	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:8080")
 	fd := listen(t, ns, addr, 128)
 	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
@@ -231,19 +231,19 @@ func connectN(t *testing.T, ns *netns.NS, addr netip.AddrPort, n int) {
 func TestExactCounts(t *testing.T) {
 	need(t, loader.StageAccept)
 	t.Run("ipv4", func(t *testing.T) {
-		ns := netns.New(t)
+		ns := newNS(t)
 		exactCount(t, ns, netip.MustParseAddrPort("127.0.0.1:9000"), netip.MustParseAddrPort("127.0.0.1:9000"), 37)
 	})
 	t.Run("ipv6", func(t *testing.T) {
-		ns := netns.New(t)
+		ns := newNS(t)
 		exactCount(t, ns, netip.MustParseAddrPort("[::1]:9000"), netip.MustParseAddrPort("[::1]:9000"), 23)
 	})
 	t.Run("dual-stack wildcard, IPv4 clients", func(t *testing.T) {
-		ns := netns.New(t)
+		ns := newNS(t)
 		exactCount(t, ns, netip.MustParseAddrPort("[::]:9000"), netip.MustParseAddrPort("127.0.0.1:9000"), 11)
 	})
 	t.Run("go listener (MPTCP by default)", func(t *testing.T) {
-		ns := netns.New(t)
+		ns := newNS(t)
 		var ln net.Listener
 		if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:9001"); return }); err != nil {
 			t.Fatal(err)
@@ -266,7 +266,7 @@ func TestExactCounts(t *testing.T) {
 		})
 	})
 	t.Run("same port in two namespaces", func(t *testing.T) {
-		a, b := netns.New(t), netns.New(t)
+		a, b := newNS(t), newNS(t)
 		addr := netip.MustParseAddrPort("127.0.0.1:9000")
 		fa, fb := listen(t, a, addr, 64), listen(t, b, addr, 64)
 		go serve(fa)
@@ -329,7 +329,7 @@ func exactCount(t *testing.T, ns *netns.NS, bind, to netip.AddrPort, n int) {
 // every family's type, unit suffix and HELP with the Prometheus parser.
 func TestMetricsOverHTTP(t *testing.T) {
 	need(t, loader.StageSYN, loader.StageHandshake, loader.StageAccept)
-	ns := netns.New(t)
+	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:7070")
 	go serve(listen(t, ns, addr, 16))
 	connectN(t, ns, addr, 3)
@@ -446,7 +446,7 @@ func TestRingbufLossCounted(t *testing.T) {
 	need(t, loader.StageAccept)
 	// The reader does not run until the storm is over.
 	tr := openTracer(t, loader.Config{RingbufSize: 4096, WakeupBytes: 4096})
-	ns := netns.New(t)
+	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:7071")
 	go serve(listen(t, ns, addr, 128))
 	const n = 200 // 4 KiB holds about 46 records
@@ -502,7 +502,7 @@ func TestRingbufLossCounted(t *testing.T) {
 // started are accepted afterwards: counted, marked incomplete, never timed.
 func TestStartedMidConnection(t *testing.T) {
 	need(t, loader.StageAccept)
-	ns := netns.New(t)
+	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:7072")
 	fd := listen(t, ns, addr, 64)
 	const n = 7

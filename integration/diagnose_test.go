@@ -8,7 +8,6 @@ import (
 
 	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
-	"github.com/listenwatch/listenwatch/internal/netns"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -30,7 +29,7 @@ func findingsFor(fs []diagnose.Finding, k events.ListenerKey) []diagnose.Finding
 // values; a healthy listener next to it gets no hint.
 func TestDiagnosisSomaxconn(t *testing.T) {
 	need(t, loader.StageSYN)
-	ns := netns.New(t)
+	ns := newNS(t)
 	if err := ns.Sysctl("net.core.somaxconn", "8"); err != nil {
 		t.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func TestAcceptQueueOverflow(t *testing.T) {
 	}
 	for _, abort := range []string{"0", "1"} {
 		t.Run("abort_on_overflow="+abort, func(t *testing.T) {
-			ns := netns.New(t)
+			ns := newNS(t)
 			if err := ns.Sysctl("net.ipv4.tcp_abort_on_overflow", abort); err != nil {
 				t.Fatal(err)
 			}
@@ -71,7 +71,7 @@ func TestAcceptQueueOverflow(t *testing.T) {
 		})
 	}
 	t.Run("two namespaces at once", func(t *testing.T) {
-		a, b := netns.New(t), netns.New(t)
+		a, b := newNS(t), newNS(t)
 		var wg sync.WaitGroup
 		for _, ns := range []*netns.NS{a, b} {
 			wg.Add(1)
@@ -120,7 +120,7 @@ func overflowScenario(t *testing.T, ns *netns.NS, clients int) {
 // floodPair is a server namespace and a peer namespace joined by a veth.
 // SYN-ACKs to spoofed sources are routed to the peer, which drops them.
 func floodPair(t *testing.T) (server, peer *netns.NS) {
-	server, peer = netns.New(t), netns.New(t)
+	server, peer = newNS(t), newNS(t)
 	veth := fmt.Sprintf("lwv%d", server.Inode%100000)
 	cmds := [][]string{
 		{"link", "add", veth + "a", "netns", server.Name, "type", "veth", "peer", "name", veth + "b", "netns", peer.Name},
@@ -211,7 +211,7 @@ func TestSYNQueueOverflow(t *testing.T) {
 // server saw.
 func TestAcceptEMFILE(t *testing.T) {
 	need(t, loader.StageAcceptErrors)
-	ns := netns.New(t)
+	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:8383")
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, os.Args[0], "-test.run=^TestHelperEMFILEServer$")
 	cmd.Env = append(os.Environ(), "LW_EMFILE_SERVER="+addr.String())

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,6 +109,19 @@ func TestMain(m *testing.M) {
 	}
 	tracer.Close()
 	os.Exit(code)
+}
+
+var nsSeq atomic.Uint32
+
+// newNS creates a namespace that is deleted when the test ends.
+func newNS(t testing.TB) *netns.NS {
+	t.Helper()
+	ns, err := netns.Create(fmt.Sprintf("lwt-%d-%d", os.Getpid(), nsSeq.Add(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Delete() })
+	return ns
 }
 
 // listen opens a plain TCP listener with an exact listen() backlog inside

@@ -1,7 +1,7 @@
 // Package netns enters network namespaces on a locked OS thread, for the
 // few calls that must run inside one (socket creation, /proc/thread-self/net
-// and /proc/sys/net reads), and gives tests namespaces of their own,
-// created with iproute2 and deleted on cleanup.
+// and /proc/sys/net reads), and creates named ones with iproute2 for tests
+// and benchmarks.
 package netns
 
 import (
@@ -13,8 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,25 +24,29 @@ type NS struct {
 	fd    int
 }
 
-var seq atomic.Uint32
-
-// New creates a namespace that is deleted when the test ends.
-func New(t testing.TB) *NS {
-	t.Helper()
-	name := fmt.Sprintf("lwt-%d-%d", os.Getpid(), seq.Add(1))
+// Create makes a named namespace with loopback up; Delete removes it.
+func Create(name string) (*NS, error) {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
 	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
 	ns, err := Open(name)
+	if err == nil {
+		err = ns.Run("ip", "link", "set", "lo", "up")
+	}
 	if err != nil {
-		t.Fatal(err)
+		exec.Command("ip", "netns", "del", name).Run()
+		return nil, err
 	}
-	t.Cleanup(func() { unix.Close(ns.fd) })
-	if err := ns.Run("ip", "link", "set", "lo", "up"); err != nil {
-		t.Fatal(err)
+	return ns, nil
+}
+
+// Delete closes the namespace and removes its name.
+func (n *NS) Delete() error {
+	unix.Close(n.fd)
+	if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns del %s: %v: %s", n.Name, err, out)
 	}
-	return ns
+	return nil
 }
 
 // Open opens an existing named namespace.
