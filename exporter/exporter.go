@@ -82,7 +82,7 @@ func New(src Source, log zerolog.Logger) *Collector {
 		cookies:      d("listener_syncookies_sent_total", "SYNs answered with a SYN cookie because the SYN queue was full.", ll...),
 		synackRetx:   d("listener_synack_retransmits_total", "SYN-ACKs retransmitted: final ACKs lost or clients that never complete.", ll...),
 		acceptErrors: d("listener_accept_errors_total", "accept() calls that failed for want of a file descriptor, by errno (EMFILE: process limit, ENFILE: system limit); the connection stays queued.", append(ll, "errno")...),
-		info:         d("listener_info", "Process that owns the listener (last to call listen() or accept()).", append(ll, "pid", "comm")...),
+		info:         d("listener_info", "Process that owns the listener (last to call listen() or accept()), and its Kubernetes pod UID (join with kube_pod_info{uid}) when it runs in one.", append(ll, "pid", "comm", "pod_uid")...),
 
 		handshakeDur: d("handshake_duration_seconds", "Time from SYN-ACK sent to handshake complete (final ACK received), per accepted connection.", ll...),
 		queueWait:    d("accept_queue_wait_seconds", "Time a completed connection waited in the accept queue until accept() returned it.", ll...),
@@ -197,7 +197,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.acceptErrors, prometheus.CounterValue, float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
 		ch <- prometheus.MustNewConstMetric(c.acceptErrors, prometheus.CounterValue, float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
 		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1,
-			append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm)...)
+			append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm, podOfPID(l.PID))...)
 	}
 
 	c.evict(ls, err == nil)

@@ -49,9 +49,9 @@ listenwatch_listener_connections_accepted_total{addr="10.0.0.5",netns="402653184
 # HELP listenwatch_listener_handshakes_completed_total Handshakes completed: child sockets put in the accept queue.
 # TYPE listenwatch_listener_handshakes_completed_total counter
 listenwatch_listener_handshakes_completed_total{addr="10.0.0.5",netns="4026531840",port="8080"} 11
-# HELP listenwatch_listener_info Process that owns the listener (last to call listen() or accept()).
+# HELP listenwatch_listener_info Process that owns the listener (last to call listen() or accept()), and its Kubernetes pod UID (join with kube_pod_info{uid}) when it runs in one.
 # TYPE listenwatch_listener_info gauge
-listenwatch_listener_info{addr="10.0.0.5",comm="nginx",netns="4026531840",pid="4242",port="8080"} 1
+listenwatch_listener_info{addr="10.0.0.5",comm="nginx",netns="4026531840",pid="4242",pod_uid="",port="8080"} 1
 # HELP listenwatch_listener_syns_received_total SYNs that reached the listener: queued, answered with a cookie, or dropped.
 # TYPE listenwatch_listener_syns_received_total counter
 listenwatch_listener_syns_received_total{addr="10.0.0.5",netns="4026531840",port="8080"} 12

@@ -1,0 +1,35 @@
+package exporter
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+)
+
+// Kubelet cgroup paths name the pod: ".../kubepods-burstable-pod<uid>.slice/..."
+// (systemd driver, dashes as underscores) or ".../kubepods/burstable/pod<uid>/..."
+// (cgroupfs driver).
+var podRE = regexp.MustCompile(`pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})`)
+
+// podUID returns the Kubernetes pod UID of a process from its cgroup, or
+// "" outside Kubernetes. Joined with kube_pod_info{uid} it names the pod.
+func podUID(cgroup string) string {
+	for _, line := range strings.Split(cgroup, "\n") {
+		if m := podRE.FindStringSubmatch(line); m != nil {
+			return strings.ReplaceAll(m[1], "_", "-")
+		}
+	}
+	return ""
+}
+
+func podOfPID(pid uint32) string {
+	if pid == 0 {
+		return ""
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return ""
+	}
+	return podUID(string(b))
+}
