@@ -47,14 +47,20 @@ func (h *hist) observe(d time.Duration) {
 
 // snapshot returns count, sum in seconds, and cumulative buckets.
 func (h *hist) snapshot() (uint64, float64, map[float64]uint64) {
-	buckets := make(map[float64]uint64, len(bucketBounds))
+	n, buckets := cumulate(h.counts[:], bucketBounds)
+	return n, time.Duration(h.sum.Load()).Seconds(), buckets
+}
+
+// cumulate turns per-bucket counts (the last one +Inf) into Prometheus's
+// cumulative buckets and the total count.
+func cumulate(counts []atomic.Uint64, bounds []float64) (uint64, map[float64]uint64) {
+	buckets := make(map[float64]uint64, len(bounds))
 	var cum uint64
-	for i, b := range bucketBounds {
-		cum += h.counts[i].Load()
+	for i, b := range bounds {
+		cum += counts[i].Load()
 		buckets[b] = cum
 	}
-	cum += h.counts[len(bucketBounds)].Load()
-	return cum, time.Duration(h.sum.Load()).Seconds(), buckets
+	return cum + counts[len(bounds)].Load(), buckets
 }
 
 // Accept-queue length buckets: 0, 1, 2, 4 ... 65536 (powers of two, the
@@ -86,12 +92,6 @@ func (h *lenHist) observe(n uint32) {
 }
 
 func (h *lenHist) snapshot() (uint64, float64, map[float64]uint64) {
-	buckets := make(map[float64]uint64, len(queueBounds))
-	var cum uint64
-	for i, b := range queueBounds {
-		cum += h.counts[i].Load()
-		buckets[b] = cum
-	}
-	cum += h.counts[len(queueBounds)].Load()
-	return cum, float64(h.sum.Load()), buckets
+	n, buckets := cumulate(h.counts[:], queueBounds)
+	return n, float64(h.sum.Load()), buckets
 }
