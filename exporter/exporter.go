@@ -179,6 +179,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		c.scrapeFailed(err)
 	}
+	pods := map[uint32]string{} // one /proc read per process, not per listener
 	for _, l := range ls {
 		lv := listenerLabelValues(l.Key)
 		ch <- prometheus.MustNewConstMetric(c.syns, prometheus.CounterValue, float64(l.SYNs), lv...)
@@ -197,7 +198,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.acceptErrors, prometheus.CounterValue, float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
 		ch <- prometheus.MustNewConstMetric(c.acceptErrors, prometheus.CounterValue, float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
 		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1,
-			append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm, podOfPID(l.PID))...)
+			append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm, pod(pods, l.PID))...)
 	}
 
 	c.evict(ls, err == nil)

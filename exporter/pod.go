@@ -33,3 +33,12 @@ func podOfPID(pid uint32) string {
 	}
 	return podUID(string(b))
 }
+
+func pod(cache map[uint32]string, pid uint32) string {
+	p, ok := cache[pid]
+	if !ok {
+		p = podOfPID(pid)
+		cache[pid] = p
+	}
+	return p
+}
