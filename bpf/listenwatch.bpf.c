@@ -54,6 +54,8 @@ struct {
  * handshakes enter it, so a SYN flood cannot fill it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	/* Per-CPU LRU lists: an insert takes no lock shared by all CPUs. */
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 32768);
 	__type(key, __u64);
 	__type(value, struct lw_conn);
@@ -218,7 +220,7 @@ static __always_inline void listener_down(const struct sock *sk)
  * registry's is used); queued: whether the child is already counted in
  * the accept queue. */
 static __always_inline void handshake_done(__u64 child, struct lw_listener_key *k,
-					   __u64 t_syn, __u32 flags,
+					   __u64 t_syn, __u64 t_est, __u32 flags,
 					   const struct sock *listener, bool queued)
 {
 	__u32 ackq = 0;
@@ -235,7 +237,7 @@ static __always_inline void handshake_done(__u64 child, struct lw_listener_key *
 	}
 	struct lw_conn c = {
 		.t_syn = t_syn,
-		.t_est = bpf_ktime_get_ns(),
+		.t_est = t_est,
 		.flags = flags | LW_F_HANDSHAKE,
 		.ackq = ackq,
 	};
@@ -272,7 +274,7 @@ static __always_inline void child_established(const struct sock *sk)
 	}
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
-	handshake_done((__u64)sk, &k, t_syn, flags, NULL, true);
+	handshake_done((__u64)sk, &k, t_syn, now, flags, NULL, true);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -341,7 +343,7 @@ static __always_inline void syn_recv_done(const struct sock *listener,
 	__u32 flags = snt ? LW_F_SYN_EXACT : LW_F_COOKIE;
 	struct lw_listener_key k;
 	key_from_sk(&k, listener);
-	handshake_done((__u64)child, &k, t_syn, flags, listener, false);
+	handshake_done((__u64)child, &k, t_syn, bpf_ktime_get_ns(), flags, listener, false);
 }
 
 static __always_inline bool v4_mapped(const struct sk_buff *skb)
