@@ -187,6 +187,18 @@ func checkPrivileges() error {
 	return nil
 }
 
+// btfPath is where the kernel describes its own types; without it no
+// CO-RE program can load.
+const btfPath = "/sys/kernel/btf/vmlinux"
+
+// checkBTF fails early, in one line, on a kernel built without BTF.
+func checkBTF(path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("kernel has no BTF (%s missing): listenwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8+; most distributions since 2021)", path)
+	}
+	return nil
+}
+
 // unwrapOp turns "listen tcp :9810: bind: address already in use" into
 // its last part: the address is already in the message.
 func unwrapOp(err error) error {

@@ -42,6 +42,9 @@ func run(cfg Config) error {
 	if err := checkPrivileges(); err != nil {
 		return err
 	}
+	if err := checkBTF(btfPath); err != nil {
+		return err
+	}
 	// Bind first: a taken port should fail before any BPF is loaded.
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {

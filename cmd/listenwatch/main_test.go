@@ -95,3 +95,13 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+func TestNoBTFIsOneClearLine(t *testing.T) {
+	err := checkBTF(filepath.Join(t.TempDir(), "vmlinux"))
+	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "CONFIG_DEBUG_INFO_BTF") {
+		t.Fatalf("got %v", err)
+	}
+	if err := checkBTF(btfPath); err != nil {
+		t.Skipf("this kernel has no BTF: %v", err)
+	}
+}
