@@ -4,13 +4,16 @@
  * Three stages, each with a program per attach mode; the Go loader picks,
  * per stage, the best mode this kernel loads (fentry, else kprobe, else
  * tracepoint) and attaches only that one:
- *   syn       SYN reaches a listener      fentry|kprobe tcp_conn_request, tp_btf consume_skb
+ *   syn       SYN reaches a listener      fexit|kprobe+kretprobe tcp_conn_request,
+ *                                         tp_btf consume_skb (and what became of it)
  *   handshake child created by final ACK  fexit|kretprobe tcp_v{4,6}_syn_recv_sock,
  *                                         tp_btf inet_sock_set_state SYN_RECV->ESTABLISHED
  *   accept    accept() returns the child  fexit|kretprobe inet_csk_accept,
  *                                         tracepoint sys_exit_accept{,4}
  * The listener registry (CLOSE->LISTEN, LISTEN->CLOSE) always comes from
- * inet_sock_set_state, which every supported kernel has.
+ * inet_sock_set_state, which every supported kernel has. Tracepoint-only
+ * helpers in every mode: kfree_skb (overflows after the SYN, 6.11+),
+ * tcp_retransmit_synack, sys_exit_accept{,4} (EMFILE/ENFILE).
  *
  * Timestamps are joined here, per child socket, so the ring buffer carries
  * one record per accepted connection. Counters live in the listeners map.
