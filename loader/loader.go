@@ -109,15 +109,12 @@ func candidates(s Stage) []candidate {
 				{bpfProgLwKpAccept, kprobe("inet_csk_accept")},
 				{bpfProgLwKrpAccept, kretprobe("inet_csk_accept")},
 			}},
-			// Runs inside the accept_errors programs (sys_exit_accept*),
-			// switched on by cfg_tp_accept.
-			{mode: ModeTracepoint},
+			// The same syscall programs as accept_errors, with the
+			// accepted-connection path switched on.
+			{mode: ModeTracepoint, probes: acceptSyscalls, prepare: setAcceptPath(true)},
 		}
 	case StageAcceptErrors:
-		return []candidate{{mode: ModeTracepoint, probes: []probe{
-			{bpfProgLwTpAccept4, tracepoint("syscalls", "sys_exit_accept4")},
-			{bpfProgLwTpAccept, tracepoint("syscalls", "sys_exit_accept")},
-		}}}
+		return []candidate{{mode: ModeTracepoint, probes: acceptSyscalls, prepare: setAcceptPath(false)}}
 	case StageDrops:
 		return []candidate{{mode: ModeTracepoint, probes: []probe{{bpfProgLwTpKfree, tracing}}}}
 	case StageSynackRetx:
@@ -126,6 +123,17 @@ func candidates(s Stage) []candidate {
 		return []candidate{{mode: ModeTracepoint, probes: []probe{{bpfProgLwTpState, tracing}}}}
 	}
 	return nil
+}
+
+// acceptSyscalls see accept(2) and accept4(2) return: failures always,
+// accepted connections when cfg_tp_accept is set.
+var acceptSyscalls = []probe{
+	{bpfProgLwTpAccept4, tracepoint("syscalls", "sys_exit_accept4")},
+	{bpfProgLwTpAccept, tracepoint("syscalls", "sys_exit_accept")},
+}
+
+func setAcceptPath(on bool) func(*ebpf.CollectionSpec) error {
+	return func(spec *ebpf.CollectionSpec) error { return spec.Variables[bpfVarCfgTpAccept].Set(on) }
 }
 
 // prepareConsume gives lw_tp_consume the address range of
@@ -186,15 +194,6 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 		t.maps[name] = m
 	}
 
-	defer func() {
-		// The tracepoint accept runs in the accept_errors programs.
-		for i, h := range t.hooks {
-			if h.Stage == StageAccept && h.Mode == ModeTracepoint && t.modeOf(StageAcceptErrors) == ModeNone {
-				t.hooks[i].Mode, t.hooks[i].Err = ModeNone, errors.New("its syscall tracepoints (stage accept_errors) are not attached")
-				log.Error().Str("stage", string(StageAccept)).Msg("stage NOT attached: its syscall tracepoints are not attached")
-			}
-		}
-	}()
 	if t.tracefs, err = ensureTracefs(); err != nil {
 		log.Warn().Err(err).Msg("tracefs unavailable: syscall tracepoints and kprobes cannot attach")
 	} else if t.tracefs != "" {
@@ -248,20 +247,20 @@ func (t *Tracer) attachStage(s Stage) Hook {
 		h.Err = errors.New("disabled by configuration")
 		return h
 	}
+	if s == StageAcceptErrors && t.modeOf(StageAccept) == ModeTracepoint {
+		// Already attached by the accept stage, which owns the programs
+		// (and reports their statistics).
+		h.Mode, h.Err = ModeTracepoint, errors.New("runs in the accept stage's programs")
+		return h
+	}
 	var tried []string
 	for _, c := range candidates(s) {
 		if t.cfg.Mode != ModeAuto && c.mode != t.cfg.Mode && s != StageRegistry && !auxiliary(s) {
 			continue
 		}
-		// The tracepoint handshake lives in the registry program, the
-		// tracepoint accept in the accept_errors programs.
+		// The tracepoint handshake lives in the registry program.
 		tpHandshake := s == StageRegistry && t.modeOf(StageHandshake) == ModeTracepoint
-		tpAccept := s == StageAcceptErrors && t.modeOf(StageAccept) == ModeTracepoint
 		if err := t.spec.Variables[bpfVarCfgTpHandshake].Set(tpHandshake); err != nil {
-			h.Err = err
-			return h
-		}
-		if err := t.spec.Variables[bpfVarCfgTpAccept].Set(tpAccept); err != nil {
 			h.Err = err
 			return h
 		}
