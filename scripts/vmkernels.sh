@@ -30,7 +30,7 @@ update() {
 	updated=1
 }
 
-# fetch NAME APT-WRAPPER META [RELEASE-HINT]
+# fetch NAME APT-WRAPPER META
 fetch() {
 	name=$1; wrap=$2; meta=$3
 	# A cached kernel for this name skips the network entirely.

@@ -36,7 +36,6 @@ run() {
 	return "$status"
 }
 
-echo "$kernels" | while read -r name rel kdir; do :; done # validate output shape
 set -- $kernels
 while [ $# -ge 3 ]; do
 	name=$1 kdir=$3

@@ -66,27 +66,7 @@ func Open(name string) (*NS, error) {
 
 // Do runs f on an OS thread inside the namespace. Sockets created in f
 // stay in the namespace after it returns, whatever thread uses them.
-func (n *NS) Do(f func() error) error {
-	runtime.LockOSThread()
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer unix.Close(orig)
-	if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns %s: %w", n.Name, err)
-	}
-	ferr := f()
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: the runtime discards it when this
-		// goroutine ends, so no other goroutine runs in the wrong netns.
-		return fmt.Errorf("setns back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
+func (n *NS) Do(f func() error) error { return enterFD(n.fd, n.Name, f) }
 
 // Run runs a command inside the namespace.
 func (n *NS) Run(name string, args ...string) error {
@@ -158,15 +138,20 @@ func Delta(before, after map[string]uint64, keys ...string) map[string]uint64 {
 }
 
 // Enter runs f on a locked OS thread inside the namespace at path (a
-// /proc/PID/ns/net or /run/netns/NAME file). The thread is discarded if it
-// cannot return to its namespace, so no other goroutine runs in the wrong
-// one.
+// /proc/PID/ns/net or /run/netns/NAME file).
 func Enter(path string, f func() error) error {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
+	return enterFD(fd, path, f)
+}
+
+// enterFD runs f on a fresh goroutine locked to its thread inside the
+// namespace fd. The thread is discarded if it cannot return to its own
+// namespace, so no other goroutine ever runs in the wrong one.
+func enterFD(fd int, name string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -177,7 +162,7 @@ func Enter(path string, f func() error) error {
 		}
 		defer unix.Close(orig)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", path, err)
+			errc <- fmt.Errorf("setns %s: %w", name, err)
 			return
 		}
 		ferr := f()
