@@ -125,12 +125,26 @@ func run() error {
 			return err
 		}
 		cpu0 := ag.cpuSeconds()
-		lost0 := ag.metric("listenwatch_ringbuf_lost_events_total")
+		lost0, err := ag.metric("listenwatch_ringbuf_lost_events_total")
+		if err != nil {
+			ag.stop()
+			return fmt.Errorf("pair %d: %w", i+1, err)
+		}
 		n := stormCount(ns, srv, *roundDur)
 		with := float64(n) / roundDur.Seconds()
+		lost1, err := ag.metric("listenwatch_ringbuf_lost_events_total")
+		if err == nil {
+			res.Modes, err = ag.modes()
+		}
+		if err == nil && (without == 0 || n == 0) {
+			err = fmt.Errorf("a round made no connection (without %.0f/s, with %d)", without, n)
+		}
+		if err != nil {
+			ag.stop()
+			return fmt.Errorf("pair %d: %w", i+1, err)
+		}
 		p := pair{Without: without, With: with, Ratio: with / without, AgentCPU: ag.cpuSeconds() - cpu0,
-			AgentConn: n, Lost: ag.metric("listenwatch_ringbuf_lost_events_total") - lost0}
-		res.Modes = ag.modes()
+			AgentConn: n, Lost: lost1 - lost0}
 		if rss := ag.peakRSSMiB(); rss > res.PeakRSSMiB {
 			res.PeakRSSMiB = rss
 		}
@@ -390,22 +404,34 @@ func scrape() (map[string]*model.Sample, error) {
 	return out, nil
 }
 
-func (a *agent) metric(name string) float64 {
+// metric sums one family's samples. A failed scrape or a family the agent
+// does not export is an error: a 0 in the table would be a lie.
+func (a *agent) metric(name string) (float64, error) {
 	m, err := scrape()
 	if err != nil {
-		return 0
+		return 0, fmt.Errorf("scrape for %s: %w", name, err)
 	}
-	var sum float64
+	var (
+		sum   float64
+		found bool
+	)
 	for _, s := range m {
 		if string(s.Metric[model.MetricNameLabel]) == name {
 			sum += float64(s.Value)
+			found = true
 		}
 	}
-	return sum
+	if !found {
+		return 0, fmt.Errorf("the agent exports no %s", name)
+	}
+	return sum, nil
 }
 
-func (a *agent) modes() string {
-	m, _ := scrape()
+func (a *agent) modes() (string, error) {
+	m, err := scrape()
+	if err != nil {
+		return "", fmt.Errorf("scrape for hook modes: %w", err)
+	}
 	var parts []string
 	for _, s := range m {
 		if s.Metric[model.MetricNameLabel] == "listenwatch_hook_info" {
@@ -413,18 +439,24 @@ func (a *agent) modes() string {
 		}
 	}
 	sort.Strings(parts)
-	return strings.Join(parts, " ")
+	return strings.Join(parts, " "), nil
 }
 
-func perProgram(name string) map[string]float64 {
-	m, _ := scrape()
+func perProgram(name string) (map[string]float64, error) {
+	m, err := scrape()
+	if err != nil {
+		return nil, fmt.Errorf("scrape for %s: %w", name, err)
+	}
 	out := map[string]float64{}
 	for _, s := range m {
 		if string(s.Metric[model.MetricNameLabel]) == name {
 			out[string(s.Metric["program"])] = float64(s.Value)
 		}
 	}
-	return out
+	if len(out) == 0 {
+		return nil, fmt.Errorf("the agent exports no %s", name)
+	}
+	return out, nil
 }
 
 func bpfCost(ns *netns.NS, s *server, res *result) error {
@@ -441,9 +473,25 @@ func bpfCost(ns *netns.NS, s *server, res *result) error {
 		return err
 	}
 	defer ag.stop()
-	t0, r0 := perProgram("listenwatch_bpf_run_seconds_total"), perProgram("listenwatch_bpf_runs_total")
+	read := func() (secs, runs map[string]float64, err error) {
+		if secs, err = perProgram("listenwatch_bpf_run_seconds_total"); err != nil {
+			return nil, nil, err
+		}
+		runs, err = perProgram("listenwatch_bpf_runs_total")
+		return secs, runs, err
+	}
+	t0, r0, err := read()
+	if err != nil {
+		return err
+	}
 	n := stormCount(ns, s, *roundDur)
-	t1, r1 := perProgram("listenwatch_bpf_run_seconds_total"), perProgram("listenwatch_bpf_runs_total")
+	t1, r1, err := read()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return errors.New("BPF cost round: no connection was made")
+	}
 	res.BPFNsPerConn = 0
 	for name := range t1 {
 		runs := r1[name] - r0[name]
@@ -471,8 +519,14 @@ func synFlood(ns *netns.NS, s *server) (*flood, error) {
 	}
 	defer ag.stop()
 	f := &flood{Seconds: floodDur.Seconds(), RSSStartMiB: ag.rssMiB()}
-	syn0 := ag.metric("listenwatch_listener_syns_received_total")
-	lost0 := ag.metric("listenwatch_ringbuf_lost_events_total")
+	syn0, err := ag.metric("listenwatch_listener_syns_received_total")
+	if err != nil {
+		return nil, err
+	}
+	lost0, err := ag.metric("listenwatch_ringbuf_lost_events_total")
+	if err != nil {
+		return nil, err
+	}
 	cpu0 := ag.cpuSeconds()
 	_, port, _ := net.SplitHostPort(s.addr)
 	host, _, _ := net.SplitHostPort(s.addr)
@@ -501,8 +555,18 @@ loop:
 	}
 	f.CPUPercent = (ag.cpuSeconds() - cpu0) / floodDur.Seconds() * 100
 	f.RSSEndMiB = ag.rssMiB()
-	f.SYNsSeen = ag.metric("listenwatch_listener_syns_received_total") - syn0
-	f.Lost = ag.metric("listenwatch_ringbuf_lost_events_total") - lost0
+	syn1, err := ag.metric("listenwatch_listener_syns_received_total")
+	if err != nil {
+		return nil, err
+	}
+	lost1, err := ag.metric("listenwatch_ringbuf_lost_events_total")
+	if err != nil {
+		return nil, err
+	}
+	f.SYNsSeen, f.Lost = syn1-syn0, lost1-lost0
+	if f.ScrapesFailed > 0 {
+		return nil, fmt.Errorf("SYN flood: %d of %d scrapes failed", f.ScrapesFailed, f.Scrapes+f.ScrapesFailed)
+	}
 	return f, nil
 }
 

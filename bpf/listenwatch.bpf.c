@@ -44,6 +44,7 @@ volatile const bool cfg_kfree_drops = false;  /* ACK-time overflows seen by lw_t
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
+	__type(value, struct lw_event); /* the record type, for bpf2go */
 } lw_events SEC(".maps");
 
 struct {
@@ -85,12 +86,10 @@ struct {
 	__type(value, struct kp_args);
 } lw_kp_args SEC(".maps");
 
-/* Force bpf2go to emit these types. */
-const struct lw_event *unused_event __attribute__((unused));
+/* Enums appear in BTF only when a typed object uses them: anchors so
+ * that bpf2go emits their constants. */
 const enum lw_counter *unused_counter __attribute__((unused));
-const enum lw_event_kind *unused_kind __attribute__((unused));
 const enum lw_flag *unused_flag __attribute__((unused));
-const struct lw_conn *unused_conn __attribute__((unused));
 const enum lw_drop *unused_drop __attribute__((unused));
 const enum lw_accept_err *unused_aerr __attribute__((unused));
 
@@ -223,7 +222,7 @@ static __always_inline void listener_down(const struct sock *sk)
  * registry's is used); queued: whether the child is already counted in
  * the accept queue. */
 static __always_inline void handshake_done(__u64 child, struct lw_listener_key *k,
-					   __u64 t_syn, __u64 t_est, __u32 flags,
+					   __u64 t_synack, __u64 t_est, __u32 flags,
 					   const struct sock *listener, bool queued)
 {
 	__u32 ackq = 0;
@@ -239,7 +238,7 @@ static __always_inline void handshake_done(__u64 child, struct lw_listener_key *
 			ackq = BPF_CORE_READ(listener, sk_ack_backlog) + (queued ? 0 : 1);
 	}
 	struct lw_conn c = {
-		.t_syn = t_syn,
+		.t_synack = t_synack,
 		.t_est = t_est,
 		.flags = flags | LW_F_HANDSHAKE,
 		.ackq = ackq,
@@ -256,7 +255,7 @@ static __always_inline void child_established(const struct sock *sk)
 {
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	__u64 now = bpf_ktime_get_ns();
-	__u64 t_syn = 0;
+	__u64 t_synack = 0;
 	__u32 flags = 0;
 	/* The verifier types sk as struct sock: tcp_sock fields are read
 	 * through the helper. */
@@ -265,19 +264,19 @@ static __always_inline void child_established(const struct sock *sk)
 	if (retrans == 0 && srtt) {
 		__u64 rtt = (__u64)(srtt >> 3) * 1000;
 		if (rtt < now) {
-			t_syn = now - rtt;
+			t_synack = now - rtt;
 			flags = LW_F_SYN_SRTT;
 		}
 	} else if (retrans && bpf_core_field_exists(tp->total_rto_time)) {
 		__u64 rto = (__u64)BPF_CORE_READ(tp, total_rto_time) * 1000000;
 		if (rto && rto < now) {
-			t_syn = now - rto;
+			t_synack = now - rto;
 			flags = LW_F_SYN_RTO;
 		}
 	}
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
-	handshake_done((__u64)sk, &k, t_syn, now, flags, NULL, true);
+	handshake_done((__u64)sk, &k, t_synack, now, flags, NULL, true);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -342,11 +341,11 @@ static __always_inline void syn_recv_done(const struct sock *listener,
 	if (!own) /* lost a race with another CPU: this child is destroyed */
 		return;
 	__u64 snt = BPF_CORE_READ((struct tcp_request_sock *)req, snt_synack);
-	__u64 t_syn = snt * 1000; /* tcp_clock_us(): the same clock, in us */
+	__u64 t_synack = snt * 1000; /* tcp_clock_us(): the same clock, in us */
 	__u32 flags = snt ? LW_F_SYN_EXACT : LW_F_COOKIE;
 	struct lw_listener_key k;
 	key_from_sk(&k, listener);
-	handshake_done((__u64)child, &k, t_syn, bpf_ktime_get_ns(), flags, listener, false);
+	handshake_done((__u64)child, &k, t_synack, bpf_ktime_get_ns(), flags, listener, false);
 }
 
 static __always_inline bool v4_mapped(const struct sk_buff *skb)
@@ -631,12 +630,12 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	struct lw_event *e = bpf_ringbuf_reserve(&lw_events, sizeof(*e), 0);
 	struct lw_conn *c = bpf_map_lookup_elem(&lw_conns, &key);
 	struct lw_listener_key k;
-	__u64 t_syn = 0, t_est = 0;
+	__u64 t_synack = 0, t_est = 0;
 	__u32 flags = 0, ackq = 0;
 
 	if (c) {
 		k = c->listener;
-		t_syn = c->t_syn;
+		t_synack = c->t_synack;
 		t_est = c->t_est;
 		flags = c->flags;
 		ackq = c->ackq;
@@ -662,8 +661,7 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 		count(LW_C_RINGBUF_LOST);
 		return;
 	}
-	e->kind = LW_EV_ACCEPT;
-	e->t_syn = t_syn;
+	e->t_synack = t_synack;
 	e->t_est = t_est;
 	e->t_acc = bpf_ktime_get_ns();
 	e->listener = k;
@@ -677,9 +675,7 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	e->rport = bpf_ntohs(BPF_CORE_READ(child, __sk_common.skc_dport));
 	e->flags = flags;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->ret = 0;
 	e->ackq = ackq;
-	e->_pad = 0;
 	submit(e);
 }
 
@@ -716,12 +712,6 @@ static __always_inline const struct sock *sock_of_fd(long fd)
 	return proto == IPPROTO_TCP ? sk : NULL;
 }
 
-struct sys_exit_args {
-	__u64 common;
-	__s64 nr;
-	__s64 ret;
-};
-
 #define EMFILE 24
 #define ENFILE 23
 
@@ -744,7 +734,7 @@ static __always_inline void accept_failed(long err)
 		__sync_fetch_and_add(&st->accept_errors[which], 1);
 }
 
-static __always_inline int on_accept_exit(struct sys_exit_args *ctx)
+static __always_inline int on_accept_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	if (ctx->ret < 0) {
 		if (ctx->ret == -EMFILE || ctx->ret == -ENFILE)
@@ -760,13 +750,13 @@ static __always_inline int on_accept_exit(struct sys_exit_args *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int lw_tp_accept4(struct sys_exit_args *ctx)
+int lw_tp_accept4(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_accept_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int lw_tp_accept(struct sys_exit_args *ctx)
+int lw_tp_accept(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_accept_exit(ctx);
 }

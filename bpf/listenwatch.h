@@ -52,41 +52,34 @@ struct lw_listener_stats {
 
 /* Per-connection timeline kept in the kernel between handshake and accept. */
 struct lw_conn {
-	__u64 t_syn; /* ns, CLOCK_MONOTONIC; 0 when unknown */
-	__u64 t_est; /* ns, handshake complete */
+	__u64 t_synack; /* ns, CLOCK_MONOTONIC, SYN-ACK sent; 0 when unknown */
+	__u64 t_est;    /* ns, handshake complete */
 	struct lw_listener_key listener;
 	__u32 flags;
 	__u32 ackq; /* accept-queue length with this child queued; 0 if unknown */
 };
 
-enum lw_event_kind {
-	LW_EV_ACCEPT = 1,
-};
-
 enum lw_flag {
-	LW_F_SYN_EXACT = 1 << 0,     /* t_syn from req->snt_synack */
-	LW_F_SYN_SRTT = 1 << 1,      /* t_syn = t_est - srtt/8 (no retransmit) */
-	LW_F_SYN_RTO = 1 << 2,       /* t_syn = t_est - total_rto_time (ms precision) */
-	LW_F_COOKIE = 1 << 3,        /* child made from a SYN cookie: no SYN time */
+	LW_F_SYN_EXACT = 1 << 0,     /* t_synack from req->snt_synack */
+	LW_F_SYN_SRTT = 1 << 1,      /* t_synack = t_est - srtt/8 (no retransmit) */
+	LW_F_SYN_RTO = 1 << 2,       /* t_synack = t_est - total_rto_time (ms precision) */
+	LW_F_COOKIE = 1 << 3,        /* child made from a SYN cookie: no SYN-ACK time */
 	LW_F_HANDSHAKE = 1 << 4,     /* the handshake stage was seen: t_est valid */
 	LW_F_NO_LISTENER = 1 << 5,   /* listener identity could not be resolved */
 };
 
-/* One record per accepted connection. The client address is carried for
- * logs and tests, never used as a metric label. */
+/* One record per accepted connection, the only kind of record. The client
+ * address is carried for logs and tests, never used as a metric label. */
 struct lw_event {
-	__u64 t_syn; /* ns, CLOCK_MONOTONIC; 0 when unknown */
-	__u64 t_est; /* 0 when the handshake stage was not seen */
+	__u64 t_synack; /* ns, CLOCK_MONOTONIC, SYN-ACK sent; 0 when unknown */
+	__u64 t_est;    /* 0 when the handshake stage was not seen */
 	__u64 t_acc;
 	struct lw_listener_key listener;
 	__u8 raddr[16]; /* client address, 4 bytes used for AF_INET */
-	__u16 rport;    /* client port, host order */
-	__u16 kind;
 	__u32 flags;
 	__u32 pid;
-	__s32 ret;
-	__u32 ackq; /* accept-queue length when the child was queued; 0 if unknown */
-	__u32 _pad;
+	__u32 ackq;  /* accept-queue length when the child was queued; 0 if unknown */
+	__u16 rport; /* client port, host order */
 };
 
 /* Global counters (per-CPU array), summed by the exporter. */

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/listenwatch/listenwatch/loader"
+	"github.com/listenwatch/listenwatch/events"
 )
 
 // Settings are the sysctls of the listener's network namespace; a
@@ -38,15 +38,39 @@ const (
 
 // Finding is one diagnosis for one listener over one interval.
 type Finding struct {
-	Listener loader.Listener
+	Listener events.Listener
 	Cause    Cause
 	Knob     string
 	Count    uint64
 	Message  string
 }
 
+// restarted reports whether any counter of the listener went backwards
+// between two readings: it was closed and opened again (its counters start
+// from zero), so everything cur counts happened since prev was taken.
+func restarted(prev, cur events.Listener) bool {
+	pairs := [][2]uint64{
+		{prev.SYNs, cur.SYNs}, {prev.Handshakes, cur.Handshakes}, {prev.Accepted, cur.Accepted},
+		{prev.CookiesSent, cur.CookiesSent}, {prev.SynackRetrans, cur.SynackRetrans},
+		{prev.AcceptEMFILE, cur.AcceptEMFILE}, {prev.AcceptENFILE, cur.AcceptENFILE},
+	}
+	for r := range prev.Drops {
+		pairs = append(pairs, [2]uint64{prev.Drops[r], cur.Drops[r]})
+	}
+	for _, p := range pairs {
+		if _, ok := events.Delta(p[1], p[0]); !ok {
+			return true
+		}
+	}
+	return false
+}
+
 // Diagnose compares two readings of one listener taken interval apart.
-func Diagnose(prev, cur loader.Listener, interval time.Duration, s Settings, p Process) []Finding {
+func Diagnose(prev, cur events.Listener, interval time.Duration, s Settings, p Process) []Finding {
+	if restarted(prev, cur) {
+		prev = events.Listener{Key: cur.Key}
+	}
+	since := func(c, p uint64) uint64 { d, _ := events.Delta(c, p); return d }
 	var out []Finding
 	who := fmt.Sprintf("%s (pid %d %s)", cur.Key, cur.PID, cur.Comm)
 	in := fmt.Sprintf("in %s", interval.Round(100*time.Millisecond))
@@ -54,7 +78,7 @@ func Diagnose(prev, cur loader.Listener, interval time.Duration, s Settings, p P
 		out = append(out, Finding{Listener: cur, Cause: c, Knob: knob, Count: n, Message: fmt.Sprintf(format, args...)})
 	}
 
-	if n := cur.Overflows() - prev.Overflows(); n > 0 {
+	if n := since(cur.Overflows(), prev.Overflows()); n > 0 {
 		eff := cur.Backlog
 		switch {
 		case cur.RequestedBacklog > 0 && s.Somaxconn >= 0 && int64(cur.RequestedBacklog) > s.Somaxconn:
@@ -71,7 +95,7 @@ func Diagnose(prev, cur loader.Listener, interval time.Duration, s Settings, p P
 				who, n, in, eff, orUnknown(s.Somaxconn))
 		}
 	}
-	if n := cur.Drops[loader.DropSYNQueueFull] - prev.Drops[loader.DropSYNQueueFull]; n > 0 {
+	if n := since(cur.Drops[events.DropSYNQueueFull], prev.Drops[events.DropSYNQueueFull]); n > 0 {
 		if s.Syncookies == 0 {
 			add(CauseSYNQueueDrop, "net.ipv4.tcp_syncookies", n,
 				"SYN queue of %s full %d times %s with syncookies off (net.ipv4.tcp_syncookies 0): enable net.ipv4.tcp_syncookies or raise the backlog (effective %d; net.ipv4.tcp_max_syn_backlog %s)",
@@ -82,12 +106,12 @@ func Diagnose(prev, cur loader.Listener, interval time.Duration, s Settings, p P
 				who, n, in, orUnknown(s.Syncookies), cur.Backlog)
 		}
 	}
-	if n := cur.CookiesSent - prev.CookiesSent; n > 0 {
+	if n := since(cur.CookiesSent, prev.CookiesSent); n > 0 {
 		add(CauseSYNCookies, "listen_backlog", n,
 			"SYN queue of %s full: %d SYN cookies sent %s (connections lose TCP options): a SYN flood, or raise the listen() backlog (effective %d)",
 			who, n, in, cur.Backlog)
 	}
-	if n := cur.AcceptEMFILE - prev.AcceptEMFILE; n > 0 {
+	if n := since(cur.AcceptEMFILE, prev.AcceptEMFILE); n > 0 {
 		fds := "fd use unknown"
 		if p.Limit >= 0 {
 			fds = fmt.Sprintf("pid %d has %d/%d fds", cur.PID, p.OpenFDs, p.Limit)
@@ -96,7 +120,7 @@ func Diagnose(prev, cur loader.Listener, interval time.Duration, s Settings, p P
 			"accept() on %s failed with EMFILE %d times %s; %s: raise RLIMIT_NOFILE (ulimit -n, LimitNOFILE=) or find the fd leak",
 			who, n, in, fds)
 	}
-	if n := cur.AcceptENFILE - prev.AcceptENFILE; n > 0 {
+	if n := since(cur.AcceptENFILE, prev.AcceptENFILE); n > 0 {
 		add(CauseENFILE, "fs.file-max", n,
 			"accept() on %s failed with ENFILE %d times %s: the system is out of file handles: raise fs.file-max",
 			who, n, in)

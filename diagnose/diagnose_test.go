@@ -7,20 +7,20 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
-	"github.com/listenwatch/listenwatch/loader"
+	"github.com/rs/zerolog"
 )
 
 var key = events.ListenerKey{Netns: 1, Addr: netip.MustParseAddr("10.0.0.5"), Port: 8080}
 
 func TestDiagnose(t *testing.T) {
-	base := loader.Listener{Key: key, PID: 4242, Comm: "nginx", Backlog: 128, RequestedBacklog: 511}
+	base := events.Listener{Key: key, PID: 4242, Comm: "nginx", Backlog: 128, RequestedBacklog: 511}
 	withOverflow := base
-	withOverflow.Drops[loader.DropAcceptQueueSYN] = 500
-	withOverflow.Drops[loader.DropAcceptQueueACK] = 23
+	withOverflow.Drops[events.DropAcceptQueueSYN] = 500
+	withOverflow.Drops[events.DropAcceptQueueACK] = 23
 	ownBacklog := withOverflow
 	ownBacklog.RequestedBacklog = 128
 	synq := base
-	synq.Drops[loader.DropSYNQueueFull] = 1200
+	synq.Drops[events.DropSYNQueueFull] = 1200
 	cookies := base
 	cookies.CookiesSent = 7
 	emfile := base
@@ -31,7 +31,7 @@ func TestDiagnose(t *testing.T) {
 
 	tests := []struct {
 		name  string
-		cur   loader.Listener
+		cur   events.Listener
 		s     Settings
 		p     Process
 		cause Cause
@@ -63,7 +63,7 @@ func TestDiagnose(t *testing.T) {
 }
 
 func TestHealthyListenerGetsNoHint(t *testing.T) {
-	l := loader.Listener{Key: key, SYNs: 1e6, Handshakes: 1e6, Accepted: 1e6, SynackRetrans: 3}
+	l := events.Listener{Key: key, SYNs: 1e6, Handshakes: 1e6, Accepted: 1e6, SynackRetrans: 3}
 	prev := l
 	prev.SYNs, prev.Accepted = 0, 0
 	if f := Diagnose(prev, l, time.Minute, Settings{Somaxconn: 4096}, Process{Limit: -1}); len(f) != 0 {
@@ -72,10 +72,63 @@ func TestHealthyListenerGetsNoHint(t *testing.T) {
 }
 
 func TestUnknownSettingsNotInvented(t *testing.T) {
-	cur := loader.Listener{Key: key, Backlog: 128}
-	cur.Drops[loader.DropAcceptQueueSYN] = 1
-	f := Diagnose(loader.Listener{Key: key}, cur, time.Minute, Settings{Somaxconn: -1, Syncookies: -1, MaxSynBacklog: -1}, Process{Limit: -1})
+	cur := events.Listener{Key: key, Backlog: 128}
+	cur.Drops[events.DropAcceptQueueSYN] = 1
+	f := Diagnose(events.Listener{Key: key}, cur, time.Minute, Settings{Somaxconn: -1, Syncookies: -1, MaxSynBacklog: -1}, Process{Limit: -1})
 	if len(f) != 1 || !strings.Contains(f[0].Message, "net.core.somaxconn unknown") || strings.Contains(f[0].Message, "= min(") {
 		t.Fatalf("%+v", f)
+	}
+}
+
+// fakeSource hands the doctor a scripted sequence of readings.
+type fakeSource struct{ readings [][]events.Listener }
+
+func (f *fakeSource) Listeners() ([]events.Listener, error) {
+	ls := f.readings[0]
+	if len(f.readings) > 1 {
+		f.readings = f.readings[1:]
+	}
+	return ls, nil
+}
+
+// TestStepAfterRestart: a server hit EMFILE 30 times and exited; a new one
+// listened on the same address (its counters start from zero). No counter
+// delta may wrap around: the restart is a new baseline, and what the new
+// listener counted since is reported as it is.
+func TestStepAfterRestart(t *testing.T) {
+	old := events.Listener{Key: key, PID: 1, AcceptEMFILE: 30, CookiesSent: 4, Sockets: 1}
+	old.Drops[events.DropAcceptQueueSYN] = 2
+	reopened := events.Listener{Key: key, PID: 2, Sockets: 1}
+	reopened.Drops[events.DropAcceptQueueSYN] = 5 // more drops than before, yet a restart
+	again := reopened
+	again.AcceptEMFILE = 3
+	src := &fakeSource{readings: [][]events.Listener{{old}, {reopened}, {again}}}
+	d := New(src, time.Second, zerolog.Nop())
+	if fs := d.Step(); len(fs) != 0 {
+		t.Fatalf("baseline reported findings: %+v", fs)
+	}
+	fs := d.Step()
+	for _, f := range fs {
+		if f.Count > 1000 {
+			t.Errorf("wrapped delta: %s", f.Message)
+		}
+	}
+	if len(fs) != 1 || fs[0].Cause != CauseAcceptOverflow || fs[0].Count != 5 {
+		t.Errorf("after the restart: %+v, want one accept-queue overflow of 5 (all counted since the restart)", fs)
+	}
+	fs = d.Step()
+	if len(fs) != 1 || fs[0].Cause != CauseEMFILE || fs[0].Count != 3 {
+		t.Errorf("after that: %+v, want EMFILE 3", fs)
+	}
+}
+
+func TestDelta(t *testing.T) {
+	for _, c := range []struct {
+		cur, prev, want uint64
+		ok              bool
+	}{{5, 3, 2, true}, {3, 3, 0, true}, {0, 30, 0, false}, {1 << 63, 0, 1 << 63, true}} {
+		if d, ok := events.Delta(c.cur, c.prev); d != c.want || ok != c.ok {
+			t.Errorf("Delta(%d, %d) = %d, %v; want %d, %v", c.cur, c.prev, d, ok, c.want, c.ok)
+		}
 	}
 }

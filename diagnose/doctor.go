@@ -14,14 +14,13 @@ import (
 
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/netns"
-	"github.com/listenwatch/listenwatch/loader"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
-// Source is where the doctor reads listeners; *loader.Tracer is one.
+// Source is where the doctor reads listeners; the loader's Tracer is one.
 type Source interface {
-	Listeners() ([]loader.Listener, error)
+	Listeners() ([]events.Listener, error)
 }
 
 // Doctor compares the listeners' counters once per interval, logs one
@@ -33,7 +32,7 @@ type Doctor struct {
 	log      zerolog.Logger
 
 	mu       sync.Mutex
-	prev     map[events.ListenerKey]loader.Listener
+	prev     map[events.ListenerKey]events.Listener
 	findings []Finding
 	at       time.Time
 
@@ -83,14 +82,14 @@ func (d *Doctor) Step() []Finding {
 	now := time.Now()
 	first := d.prev == nil
 	interval := now.Sub(d.at)
-	cur := make(map[events.ListenerKey]loader.Listener, len(ls))
+	cur := make(map[events.ListenerKey]events.Listener, len(ls))
 	var found []Finding
 	settings := map[uint32]Settings{}
 	for _, l := range ls {
 		cur[l.Key] = l
 		prev, ok := d.prev[l.Key]
-		if first || !ok || l.TotalDrops() < prev.TotalDrops() {
-			continue // new listener or counters restarted: a baseline
+		if first || !ok {
+			continue // a new listener: its first reading is the baseline
 		}
 		if l.TotalDrops() == prev.TotalDrops() && l.CookiesSent == prev.CookiesSent &&
 			l.AcceptEMFILE == prev.AcceptEMFILE && l.AcceptENFILE == prev.AcceptENFILE {

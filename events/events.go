@@ -47,11 +47,14 @@ const (
 // offsets as the kernel reported them; zero means the stage was not seen
 // (the agent started after it, or the socket came from a SYN cookie).
 type Conn struct {
-	Listener    ListenerKey
-	Client      netip.AddrPort
-	PID         uint32
-	Flags       Flags
-	SYN         time.Duration
+	Listener ListenerKey
+	Client   netip.AddrPort
+	PID      uint32
+	Flags    Flags
+	// SYNACKSent is when the listener answered the SYN: the start of
+	// every latency (the SYN itself arrived just before, in the same
+	// softirq).
+	SYNACKSent  time.Duration
 	Established time.Duration
 	Accepted    time.Duration
 	// AcceptQueueLen is the listener's accept-queue length when this
@@ -100,7 +103,7 @@ type Timeline struct {
 func (c *Conn) Timeline() Timeline {
 	var t Timeline
 	est := c.Flags&FlagHandshake != 0 && c.Established > 0
-	syn := c.SYN > 0 && c.Flags&FlagCookie == 0
+	syn := c.SYNACKSent > 0 && c.Flags&FlagCookie == 0
 	if c.Accepted <= 0 {
 		t.Missing = MissingInvalid
 		return t
@@ -113,12 +116,12 @@ func (c *Conn) Timeline() Timeline {
 		t.QueueWait, t.HasQueueWait = c.Accepted-c.Established, true
 	}
 	if syn {
-		if c.SYN > c.Accepted || (est && c.SYN > c.Established) {
+		if c.SYNACKSent > c.Accepted || (est && c.SYNACKSent > c.Established) {
 			return Timeline{Missing: MissingInvalid}
 		}
-		t.Total, t.HasTotal = c.Accepted-c.SYN, true
+		t.Total, t.HasTotal = c.Accepted-c.SYNACKSent, true
 		if est {
-			t.Handshake, t.HasHandshake = c.Established-c.SYN, true
+			t.Handshake, t.HasHandshake = c.Established-c.SYNACKSent, true
 		}
 	}
 	switch {

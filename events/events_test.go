@@ -14,7 +14,7 @@ func TestTimeline(t *testing.T) {
 	}{
 		{
 			name: "all stages",
-			conn: Conn{Flags: FlagHandshake | FlagSYNFromRTT, SYN: 1000 * us, Established: 1040 * us, Accepted: 21040 * us},
+			conn: Conn{Flags: FlagHandshake | FlagSYNFromRTT, SYNACKSent: 1000 * us, Established: 1040 * us, Accepted: 21040 * us},
 			want: Timeline{Handshake: 40 * us, QueueWait: 20000 * us, Total: 20040 * us, HasHandshake: true, HasQueueWait: true, HasTotal: true},
 		},
 		{
@@ -29,22 +29,22 @@ func TestTimeline(t *testing.T) {
 		},
 		{
 			name: "SYN known but handshake record evicted: total only",
-			conn: Conn{Flags: FlagSYNExact, SYN: 3 * us, Accepted: 9 * us},
+			conn: Conn{Flags: FlagSYNExact, SYNACKSent: 3 * us, Accepted: 9 * us},
 			want: Timeline{Total: 6 * us, HasTotal: true, Missing: MissingHandshake},
 		},
 		{
 			name: "cookie child: SYN time never trusted",
-			conn: Conn{Flags: FlagHandshake | FlagCookie, SYN: 1 * us, Established: 5 * us, Accepted: 9 * us},
+			conn: Conn{Flags: FlagHandshake | FlagCookie, SYNACKSent: 1 * us, Established: 5 * us, Accepted: 9 * us},
 			want: Timeline{QueueWait: 4 * us, HasQueueWait: true, Missing: MissingSYN},
 		},
 		{
 			name: "handshake after accept is invalid, not negative",
-			conn: Conn{Flags: FlagHandshake, SYN: 1 * us, Established: 10 * us, Accepted: 9 * us},
+			conn: Conn{Flags: FlagHandshake, SYNACKSent: 1 * us, Established: 10 * us, Accepted: 9 * us},
 			want: Timeline{Missing: MissingInvalid},
 		},
 		{
 			name: "SYN after handshake is invalid",
-			conn: Conn{Flags: FlagHandshake | FlagSYNFromRTT, SYN: 6 * us, Established: 5 * us, Accepted: 9 * us},
+			conn: Conn{Flags: FlagHandshake | FlagSYNFromRTT, SYNACKSent: 6 * us, Established: 5 * us, Accepted: 9 * us},
 			want: Timeline{Missing: MissingInvalid},
 		},
 		{
@@ -54,7 +54,7 @@ func TestTimeline(t *testing.T) {
 		},
 		{
 			name: "handshake flag without time counts as missed",
-			conn: Conn{Flags: FlagHandshake, SYN: 1 * us, Accepted: 9 * us},
+			conn: Conn{Flags: FlagHandshake, SYNACKSent: 1 * us, Accepted: 9 * us},
 			want: Timeline{Total: 8 * us, HasTotal: true, Missing: MissingHandshake},
 		},
 	}
@@ -80,7 +80,7 @@ func TestMissingString(t *testing.T) {
 }
 
 func BenchmarkTimeline(b *testing.B) {
-	c := Conn{Flags: FlagHandshake | FlagSYNFromRTT, SYN: 1000, Established: 1040, Accepted: 21040}
+	c := Conn{Flags: FlagHandshake | FlagSYNFromRTT, SYNACKSent: 1000, Established: 1040, Accepted: 21040}
 	b.ReportAllocs()
 	var sink time.Duration
 	for b.Loop() {

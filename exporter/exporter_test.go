@@ -8,34 +8,35 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
-	"github.com/listenwatch/listenwatch/loader"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 )
 
 type fakeSource struct {
-	listeners []loader.Listener
-	counters  loader.Counters
-	programs  []loader.ProgramStats
-	hooks     []loader.Hook
-	err       error
+	listeners []events.Listener
+	counters  events.Counters
+	programs  []events.ProgramStats
+	hooks     []events.Hook
+	// errors by source: one failing source must not hide the others.
+	errListeners, errCounters, errPrograms error
 }
 
-func (f *fakeSource) Listeners() ([]loader.Listener, error)    { return f.listeners, f.err }
-func (f *fakeSource) Counters() (loader.Counters, error)       { return f.counters, f.err }
-func (f *fakeSource) Programs() ([]loader.ProgramStats, error) { return f.programs, f.err }
-func (f *fakeSource) Hooks() []loader.Hook                     { return f.hooks }
+func (f *fakeSource) Listeners() ([]events.Listener, error)    { return f.listeners, f.errListeners }
+func (f *fakeSource) Counters() (events.Counters, error)       { return f.counters, f.errCounters }
+func (f *fakeSource) Programs() ([]events.ProgramStats, error) { return f.programs, f.errPrograms }
+func (f *fakeSource) Hooks() []events.Hook                     { return f.hooks }
 
 var web = events.ListenerKey{Netns: 4026531840, Addr: netip.MustParseAddr("10.0.0.5"), Port: 8080}
 
 func newFake() *fakeSource {
 	return &fakeSource{
-		listeners: []loader.Listener{{Key: web, SYNs: 12, Handshakes: 11, Accepted: 10, Sockets: 2, Backlog: 128, PID: 4242, Comm: "nginx"}},
-		counters:  loader.Counters{RingbufLost: 3, Records: 10, DecodeErrors: 1, UnattributedSYN: 5},
-		programs:  []loader.ProgramStats{{Name: "lw_tp_state", Stage: loader.StageRegistry, RecursionMisses: 2, RunTime: 1500 * time.Millisecond, RunCount: 7}},
-		hooks: []loader.Hook{
-			{Stage: loader.StageSYN, Mode: loader.ModeTracepoint},
-			{Stage: loader.StageHandshake, Mode: loader.ModeNone},
+		listeners: []events.Listener{{Key: web, SYNs: 12, Handshakes: 11, Accepted: 10, Sockets: 2, Backlog: 128, PID: 4242, Comm: "nginx"}},
+		counters:  events.Counters{RingbufLost: 3, Records: 10, DecodeErrors: 1, UnattributedSYN: 5},
+		programs:  []events.ProgramStats{{Name: "lw_tp_state", Stage: events.StageRegistry, RecursionMisses: 2, RunTime: 1500 * time.Millisecond, RunCount: 7}},
+		hooks: []events.Hook{
+			{Stage: events.StageSYN, Mode: events.ModeTracepoint},
+			{Stage: events.StageHandshake, Mode: events.ModeNone},
 		},
 	}
 }
@@ -90,7 +91,7 @@ func TestHistogramsAndIncomplete(t *testing.T) {
 	const ms = time.Millisecond
 	// A complete connection: 40us handshake, 20ms in the queue.
 	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT,
-		SYN: 1000 * ms, Established: 1000*ms + 40*time.Microsecond, Accepted: 1020*ms + 40*time.Microsecond})
+		SYNACKSent: 1000 * ms, Established: 1000*ms + 40*time.Microsecond, Accepted: 1020*ms + 40*time.Microsecond})
 	// The agent started while this one was queued: counted, not timed.
 	c.Observe(&events.Conn{Listener: web, Accepted: 1030 * ms})
 	// Unattributed: no series at all.
@@ -150,7 +151,7 @@ func TestBucketEdges(t *testing.T) {
 
 func TestLint(t *testing.T) {
 	c := New(newFake(), zerolog.Nop())
-	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYN: 1, Established: 2, Accepted: 3})
+	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYNACKSent: 1, Established: 2, Accepted: 3})
 	problems, err := testutil.CollectAndLint(c)
 	if err != nil {
 		t.Fatal(err)
@@ -160,23 +161,77 @@ func TestLint(t *testing.T) {
 	}
 }
 
-func TestScrapeErrorCounted(t *testing.T) {
+// TestScrapeSourceSuccess: each source's failure is attributed to it
+// (node_exporter's scrape_collector_success), not summed into one count.
+func TestScrapeSourceSuccess(t *testing.T) {
 	f := newFake()
-	f.err = errors.New("map gone")
+	f.errCounters = errors.New("map gone")
 	c := New(f, zerolog.Nop())
 	want := `
-# HELP listenwatch_scrape_errors_total Scrapes that could not read kernel state.
-# TYPE listenwatch_scrape_errors_total counter
-listenwatch_scrape_errors_total 3
+# HELP listenwatch_scrape_source_success 1 when this scrape read the source (listeners, counters, programs) from the kernel, 0 when it failed (the error is logged).
+# TYPE listenwatch_scrape_source_success gauge
+listenwatch_scrape_source_success{source="counters"} 0
+listenwatch_scrape_source_success{source="listeners"} 1
+listenwatch_scrape_source_success{source="programs"} 1
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "listenwatch_scrape_errors_total"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "listenwatch_scrape_source_success"); err != nil {
 		t.Fatal(err)
+	}
+	// The listeners were read: their series are still there.
+	if n := testutil.CollectAndCount(c, "listenwatch_listener_syns_received_total"); n != 1 {
+		t.Fatalf("syns series %d, want 1", n)
+	}
+}
+
+// TestDescribeMatchesCollect: every family Collect emits is described
+// (one list feeds both), and every described family is emitted.
+func TestDescribeMatchesCollect(t *testing.T) {
+	c := New(newFake(), zerolog.Nop())
+	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYNACKSent: 1, Established: 2, Accepted: 3, AcceptQueueLen: 1})
+	described := map[string]bool{}
+	dch := make(chan *prometheus.Desc, 100)
+	c.Describe(dch)
+	close(dch)
+	for d := range dch {
+		described[d.String()] = true
+	}
+	mch := make(chan prometheus.Metric, 1000)
+	c.Collect(mch)
+	close(mch)
+	emitted := map[string]bool{}
+	for m := range mch {
+		if !described[m.Desc().String()] {
+			t.Errorf("collected but not described: %s", m.Desc())
+		}
+		emitted[m.Desc().String()] = true
+	}
+	for d := range described {
+		if !emitted[d] {
+			t.Errorf("described but never collected: %s", d)
+		}
+	}
+}
+
+// TestHistogramSizesFollowBounds: a bucket beyond the last bound lands in
+// +Inf, whatever the number of bounds (the arrays are sized from them).
+func TestHistogramSizesFollowBounds(t *testing.T) {
+	var h hist
+	h.observe(time.Hour)
+	if n, _, b := h.snapshot(); n != 1 || len(b) != len(bucketBounds) || b[bucketBounds[len(bucketBounds)-1]] != 0 {
+		t.Fatalf("latency: count %d, %d buckets %v", n, len(b), b)
+	}
+	var q lenHist
+	q.observe(1 << 20)
+	q.observe(0)
+	q.observe(3)
+	if n, _, b := q.snapshot(); n != 3 || len(b) != len(queueBounds) || b[0] != 1 || b[2] != 1 || b[4] != 2 || b[65536] != 2 {
+		t.Fatalf("queue length: count %d buckets %v", n, b)
 	}
 }
 
 func TestObserveDoesNotAllocate(t *testing.T) {
 	c := New(newFake(), zerolog.Nop())
-	conn := &events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT, SYN: 1, Established: 2, Accepted: 3}
+	conn := &events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT, SYNACKSent: 1, Established: 2, Accepted: 3}
 	c.Observe(conn) // first sight of the listener allocates its state
 	if a := testing.AllocsPerRun(1000, func() { c.Observe(conn) }); a != 0 {
 		t.Fatalf("Observe allocates %.1f times per event", a)
@@ -185,7 +240,7 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 
 func BenchmarkObserve(b *testing.B) {
 	c := New(newFake(), zerolog.Nop())
-	conn := &events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT, SYN: 1000, Established: 41000, Accepted: 20041000}
+	conn := &events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT, SYNACKSent: 1000, Established: 41000, Accepted: 20041000}
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Observe(conn)

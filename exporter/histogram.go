@@ -9,14 +9,15 @@ import (
 // Latency buckets, in seconds: 10 us to 10 s in a 1-2.5-5 series, enough to
 // tell a loopback handshake (tens of us) from a SYN-ACK retransmit (1 s)
 // and a stalled acceptor (seconds).
-var bucketBounds = []float64{
+// An array, not a slice: the counters below are sized from its length at
+// compile time, so adding a bound cannot overrun them.
+var bucketBounds = [...]float64{
 	10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
 	1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
 	1, 2.5, 5, 10,
 }
 
-var boundsNs = func() []time.Duration {
-	b := make([]time.Duration, len(bucketBounds))
+var boundsNs = func() (b [len(bucketBounds)]time.Duration) {
 	for i, s := range bucketBounds {
 		b[i] = time.Duration(s*1e9 + 0.5)
 	}
@@ -26,8 +27,8 @@ var boundsNs = func() []time.Duration {
 // hist is a lock-free latency histogram. Observe runs on the reader's hot
 // path (no allocation, no lock); the scrape builds a const histogram from it.
 type hist struct {
-	counts [20]atomic.Uint64 // len(bucketBounds)+1: the last is +Inf
-	sum    atomic.Int64      // ns
+	counts [len(bucketBounds) + 1]atomic.Uint64 // the last is +Inf
+	sum    atomic.Int64                         // ns
 }
 
 func (h *hist) observe(d time.Duration) {
@@ -47,7 +48,7 @@ func (h *hist) observe(d time.Duration) {
 
 // snapshot returns count, sum in seconds, and cumulative buckets.
 func (h *hist) snapshot() (uint64, float64, map[float64]uint64) {
-	n, buckets := cumulate(h.counts[:], bucketBounds)
+	n, buckets := cumulate(h.counts[:], bucketBounds[:])
 	return n, time.Duration(h.sum.Load()).Seconds(), buckets
 }
 
@@ -63,35 +64,33 @@ func cumulate(counts []atomic.Uint64, bounds []float64) (uint64, map[float64]uin
 	return cum + counts[len(bounds)].Load(), buckets
 }
 
-// Accept-queue length buckets: 0, 1, 2, 4 ... 65536 (powers of two, the
-// backlogs people configure).
-var queueBounds = func() []float64 {
-	b := []float64{0}
-	for v := 1.0; v <= 65536; v *= 2 {
-		b = append(b, v)
+// Accept-queue length buckets: 0, then powers of two up to 65536 (the
+// backlogs people configure). Bucket i > 0 is 2^(i-1).
+const queueMaxShift = 16
+
+var queueBounds = func() (b [queueMaxShift + 2]float64) {
+	for i := 1; i < len(b); i++ {
+		b[i] = float64(uint64(1) << (i - 1))
 	}
 	return b
 }()
 
 // lenHist is a lock-free histogram of queue lengths.
 type lenHist struct {
-	counts [19]atomic.Uint64 // len(queueBounds)+1
+	counts [len(queueBounds) + 1]atomic.Uint64 // the last is +Inf
 	sum    atomic.Uint64
 }
 
 func (h *lenHist) observe(n uint32) {
 	i := 0
 	if n > 0 {
-		i = bits.Len32(n-1) + 1 // first power of two >= n
-		if i > len(queueBounds) {
-			i = len(queueBounds)
-		}
+		i = min(bits.Len32(n-1)+1, len(queueBounds)) // first power of two >= n, else +Inf
 	}
 	h.counts[i].Add(1)
 	h.sum.Add(uint64(n))
 }
 
 func (h *lenHist) snapshot() (uint64, float64, map[float64]uint64) {
-	n, buckets := cumulate(h.counts[:], queueBounds)
+	n, buckets := cumulate(h.counts[:], queueBounds[:])
 	return n, float64(h.sum.Load()), buckets
 }

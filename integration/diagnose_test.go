@@ -8,7 +8,6 @@ import (
 
 	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
-	"github.com/listenwatch/listenwatch/loader"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +27,7 @@ func findingsFor(fs []diagnose.Finding, k events.ListenerKey) []diagnose.Finding
 // test set to 8: the overflow hint must blame net.core.somaxconn with both
 // values; a healthy listener next to it gets no hint.
 func TestDiagnosisSomaxconn(t *testing.T) {
-	need(t, loader.StageSYN)
+	need(t, events.StageSYN)
 	ns := newNS(t)
 	if err := ns.Sysctl("net.core.somaxconn", "8"); err != nil {
 		t.Fatal(err)
@@ -59,7 +58,7 @@ func TestDiagnosisSomaxconn(t *testing.T) {
 // TestDiagnosisSyncookiesOff: SYN-queue drops with cookies off name
 // net.ipv4.tcp_syncookies.
 func TestDiagnosisSyncookiesOff(t *testing.T) {
-	need(t, loader.StageSYN)
+	need(t, events.StageSYN)
 	server, peer := floodPair(t)
 	if err := server.Sysctl("net.ipv4.tcp_syncookies", "0"); err != nil {
 		t.Fatal(err)

@@ -9,14 +9,12 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/netns"
-	"github.com/listenwatch/listenwatch/loader"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -57,8 +55,8 @@ func closeAll(fds []int) {
 // ListenOverflows delta and its drop total the ListenDrops delta, exactly,
 // whether the kernel ignores (0) or resets (1) the overflowing ACK.
 func TestAcceptQueueOverflow(t *testing.T) {
-	need(t, loader.StageSYN) // SYN-time overflows
-	if !has(loader.StageDrops) && modeOf(loader.StageHandshake) == loader.ModeTracepoint {
+	need(t, events.StageSYN) // SYN-time overflows
+	if !has(events.StageDrops) && modeOf(events.StageHandshake) == events.ModeTracepoint {
 		t.Skip("final-ACK overflows are invisible on this kernel in tracepoint mode: kfree_skb has no rx_sk before 6.11")
 	}
 	for _, abort := range []string{"0", "1"} {
@@ -71,49 +69,68 @@ func TestAcceptQueueOverflow(t *testing.T) {
 		})
 	}
 	t.Run("two namespaces at once", func(t *testing.T) {
-		a, b := newNS(t), newNS(t)
-		var wg sync.WaitGroup
-		for _, ns := range []*netns.NS{a, b} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				overflowScenario(t, ns, 120)
-			}()
-		}
-		wg.Wait()
+		// Both overflow at the same time; the test goroutine drives both.
+		a := startOverflow(t, newNS(t), 120)
+		b := startOverflow(t, newNS(t), 120)
+		time.Sleep(1500 * time.Millisecond)
+		a.finish(t)
+		b.finish(t)
 	})
 }
 
+// overflow is an accept-queue overflow in progress: a backlog-4 listener
+// that never accepts, and clients connecting to it.
+type overflow struct {
+	ns      *netns.NS
+	key     events.ListenerKey
+	fd      int
+	clients []int
+	before  map[string]uint64
+}
+
 func overflowScenario(t *testing.T, ns *netns.NS, clients int) {
-	addr := netip.MustParseAddrPort("127.0.0.1:8181")
-	fd := listen(t, ns, addr, 4)
-	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
-	before, err := ns.Netstat()
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	fds := connectNonBlocking(t, ns, addr, clients)
+	o := startOverflow(t, ns, clients)
 	// Long enough for the first SYN retransmits (1 s) to be refused too.
 	time.Sleep(1500 * time.Millisecond)
-	closeAll(fds)
-	unix.Close(fd) // no more drops from here on
-	time.Sleep(100 * time.Millisecond)
-	after, _ := ns.Netstat()
-	lo := after["TcpExt.ListenOverflows"] - before["TcpExt.ListenOverflows"]
-	ld := after["TcpExt.ListenDrops"] - before["TcpExt.ListenDrops"]
-	if lo == 0 {
-		t.Errorf("kernel counted no overflow: the scenario is broken")
-		return
+	o.finish(t)
+}
+
+func startOverflow(t *testing.T, ns *netns.NS, clients int) *overflow {
+	t.Helper()
+	addr := netip.MustParseAddrPort("127.0.0.1:8181")
+	o := &overflow{ns: ns, fd: listen(t, ns, addr, 4), key: events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}}
+	var err error
+	if o.before, err = ns.Netstat(); err != nil {
+		t.Fatal(err)
 	}
-	l := listener(t, key)
+	o.clients = connectNonBlocking(t, ns, addr, clients)
+	return o
+}
+
+// finish stops the overflow and compares listenwatch with the kernel.
+func (o *overflow) finish(t *testing.T) {
+	t.Helper()
+	closeAll(o.clients)
+	unix.Close(o.fd) // no more drops from here on
+	after, err := o.ns.Netstat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A closed listener keeps its registry entry (sockets 0) until it
+	// listens again: its counters are final now.
+	l := listener(t, o.key)
+	lo := after["TcpExt.ListenOverflows"] - o.before["TcpExt.ListenOverflows"]
+	ld := after["TcpExt.ListenDrops"] - o.before["TcpExt.ListenDrops"]
+	if lo == 0 {
+		t.Fatalf("kernel counted no overflow: the scenario is broken")
+	}
 	t.Logf("netns %d: kernel ListenOverflows %d ListenDrops %d; listenwatch overflows %d (syn %d ack %d cookie-ack %d) drops %d",
-		ns.Inode, lo, ld, l.Overflows(), l.Drops[0], l.Drops[1], l.Drops[2], l.TotalDrops())
+		o.ns.Inode, lo, ld, l.Overflows(), l.Drops[0], l.Drops[1], l.Drops[2], l.TotalDrops())
 	if l.Overflows() != lo {
-		t.Errorf("netns %d: listenwatch overflows %d, kernel ListenOverflows %d", ns.Inode, l.Overflows(), lo)
+		t.Errorf("netns %d: listenwatch overflows %d, kernel ListenOverflows %d", o.ns.Inode, l.Overflows(), lo)
 	}
 	if l.TotalDrops() != ld {
-		t.Errorf("netns %d: listenwatch drops %d, kernel ListenDrops %d", ns.Inode, l.TotalDrops(), ld)
+		t.Errorf("netns %d: listenwatch drops %d, kernel ListenDrops %d", o.ns.Inode, l.TotalDrops(), ld)
 	}
 }
 
@@ -157,7 +174,7 @@ func hping(t *testing.T, peer *netns.NS, addr netip.AddrPort, n int) {
 // SYN-ACK retransmits equal the namespace's TCPSynRetrans (no client lives
 // in it, so every retransmit there is a SYN-ACK).
 func TestSYNQueueOverflow(t *testing.T) {
-	need(t, loader.StageSYN, loader.StageSynackRetx)
+	need(t, events.StageSYN, events.StageSynackRetx)
 	for _, cookies := range []string{"0", "1"} {
 		t.Run("tcp_syncookies="+cookies, func(t *testing.T) {
 			server, peer := floodPair(t)
@@ -169,13 +186,18 @@ func TestSYNQueueOverflow(t *testing.T) {
 			key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
 			before, _ := server.Netstat()
 			hping(t, peer, addr, 60)
-			time.Sleep(1500 * time.Millisecond) // first SYN-ACK retransmits
-			unix.Close(fd)                      // stops them
-			time.Sleep(100 * time.Millisecond)
+			// The first SYN-ACK retransmits come 1 s after the SYN-ACKs;
+			// a busy machine fires the timer later.
+			eventually(t, settle, func() (bool, string) {
+				now, _ := server.Netstat()
+				n := now["TcpExt.TCPSynRetrans"] - before["TcpExt.TCPSynRetrans"]
+				return n > 0, fmt.Sprintf("kernel TCPSynRetrans +%d", n)
+			})
+			unix.Close(fd) // stops them
 			after, _ := server.Netstat()
+			l := listener(t, key)
 			d := netns.Delta(before, after, "TcpExt.TCPReqQFullDrop", "TcpExt.ListenDrops",
 				"TcpExt.SyncookiesSent", "TcpExt.TCPReqQFullDoCookies", "TcpExt.TCPSynRetrans")
-			l := listener(t, key)
 			t.Logf("kernel %v; listenwatch syns %d synq drops %d drops %d cookies %d synack retransmits %d",
 				d, l.SYNs, l.Drops[3], l.TotalDrops(), l.CookiesSent, l.SynackRetrans)
 			// Only the flood's SYNs enter this namespace (random sources
@@ -210,7 +232,7 @@ func TestSYNQueueOverflow(t *testing.T) {
 // fds; 50 clients. listenwatch's EMFILE count must equal the failures the
 // server saw.
 func TestAcceptEMFILE(t *testing.T) {
-	need(t, loader.StageAcceptErrors)
+	need(t, events.StageAcceptErrors)
 	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:8383")
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, os.Args[0], "-test.run=^TestHelperEMFILEServer$")
@@ -237,8 +259,13 @@ func TestAcceptEMFILE(t *testing.T) {
 	doc.Step()
 	fds := connectNonBlocking(t, ns, addr, 50)
 	defer closeAll(fds)
-	time.Sleep(500 * time.Millisecond)
 	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
+	// The helper accepts every 10 ms: it is at its limit once accept()
+	// has failed at least once.
+	eventually(t, settle, func() (bool, string) {
+		l := listener(t, key)
+		return l.AcceptEMFILE > 0, fmt.Sprintf("no EMFILE yet (accepted %d)", l.Accepted)
+	})
 	// The diagnosis reads the live process: it must be at its limit.
 	fs := findingsFor(doc.Step(), key)
 	if len(fs) != 1 || fs[0].Knob != "RLIMIT_NOFILE" || !strings.Contains(fs[0].Message, "fds: raise RLIMIT_NOFILE") {
@@ -364,7 +391,7 @@ func mapEntries(t *testing.T, name string) int {
 // to change) leaves the agent's memory, its BPF tables and its series
 // where they were: nothing is kept per client or per SYN.
 func TestFloodMemoryFlat(t *testing.T) {
-	need(t, loader.StageSYN)
+	need(t, events.StageSYN)
 	secs := 30
 	if v, err := strconv.Atoi(os.Getenv("LISTENWATCH_TEST_FLOOD")); err == nil {
 		secs = v

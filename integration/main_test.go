@@ -33,7 +33,7 @@ var (
 	collector *exporter.Collector
 	registry  *prometheus.Registry
 	tap       = &eventTap{byClient: map[netip.AddrPort]events.Conn{}}
-	testMode  loader.Mode
+	testMode  events.Mode
 	testCfg   loader.Config // what the environment asked for; private tracers reuse it
 )
 
@@ -69,19 +69,19 @@ func TestMain(m *testing.M) {
 	}
 	var err error
 	if v := os.Getenv("LISTENWATCH_TEST_HOOK_MODE"); v != "" {
-		if testMode, err = loader.ParseMode(v); err != nil {
+		if testMode, err = events.ParseMode(v); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
 	}
 	cfg := loader.Config{Mode: testMode}
 	if v := os.Getenv("LISTENWATCH_TEST_DISABLE_STAGE"); v != "" {
-		st, err := loader.ParseStage(v)
+		st, err := events.ParseStage(v)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		cfg.Disabled = []loader.Stage{st}
+		cfg.Disabled = []events.Stage{st}
 	}
 	testCfg = cfg
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.InfoLevel)
@@ -179,11 +179,45 @@ func dial(ns *netns.NS, to netip.AddrPort) (net.Conn, time.Time, error) {
 	)
 	err := ns.Do(func() error {
 		var err error
-		c, err = net.DialTimeout("tcp", to.String(), 5*time.Second)
+		c, err = net.DialTimeout("tcp", to.String(), dialTimeout)
 		at = time.Now()
 		return err
 	})
 	return c, at, err
+}
+
+// dialTimed is dial with both ends of connect() on the kernel's clock
+// (CLOCK_MONOTONIC, which BPF's ktime is): what the kernel reports of this
+// connection's handshake happened after the first.
+func dialTimed(ns *netns.NS, to netip.AddrPort) (c net.Conn, begun, done time.Duration, err error) {
+	err = ns.Do(func() error {
+		var err error
+		begun = mono()
+		c, err = net.DialTimeout("tcp", to.String(), dialTimeout)
+		done = mono()
+		return err
+	})
+	return c, begun, done, err
+}
+
+// mono reads CLOCK_MONOTONIC, the clock of listenwatch's timestamps.
+func mono() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(err) // cannot fail on Linux
+	}
+	return time.Duration(ts.Nano())
+}
+
+// acceptQueueLen is the kernel's count of connections waiting in a
+// listener's accept queue (TCP_INFO's tcpi_unacked on a listening socket).
+func acceptQueueLen(t testing.TB, fd int) int {
+	t.Helper()
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatalf("TCP_INFO of the listener: %v", err)
+	}
+	return int(ti.Unacked)
 }
 
 func clientAddr(c net.Conn) netip.AddrPort {
@@ -191,33 +225,55 @@ func clientAddr(c net.Conn) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
-// listener returns the kernel-side counters of one listener.
-func listener(t testing.TB, k events.ListenerKey) loader.Listener {
+// listener returns the kernel-side counters of one listener; a listener
+// the registry does not hold fails the test (a zero value would make
+// every later comparison meaningless).
+func listener(t testing.TB, k events.ListenerKey) events.Listener {
 	t.Helper()
-	ls, err := tracer.Listeners()
+	l, ok := lookup(t, tracer, k)
+	if !ok {
+		t.Fatalf("listener %s is not in listenwatch's registry", k)
+	}
+	return l
+}
+
+// lookup finds one listener in a tracer's registry.
+func lookup(t testing.TB, tr *loader.Tracer, k events.ListenerKey) (events.Listener, bool) {
+	t.Helper()
+	ls, err := tr.Listeners()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range ls {
 		if l.Key == k {
-			return l
+			return l, true
 		}
 	}
-	return loader.Listener{Key: k}
+	return events.Listener{}, false
 }
+
+// settle bounds how long a test waits for something asynchronous (the
+// reader drains the ring buffer every 100 ms) before it fails. It is a
+// ceiling, not a measurement: a loaded machine takes longer, a quiet one
+// returns as soon as the condition holds.
+const settle = 30 * time.Second
+
+// dialTimeout is generous for the same reason: a busy machine can delay a
+// loopback handshake by seconds, which is not what these tests measure.
+const dialTimeout = 30 * time.Second
 
 // eventually polls cond until it holds or the timeout passes: the reader
 // drains the ring buffer on a poll interval, so events arrive late.
 func eventually(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(timeout * slack())
 	for {
 		ok, msg := cond()
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, msg)
+			t.Fatalf("after %v: %s", timeout*slack(), msg)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -282,22 +338,22 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 	return n == len(want)
 }
 
-func modeOf(s loader.Stage) loader.Mode {
+func modeOf(s events.Stage) events.Mode {
 	for _, h := range tracer.Hooks() {
 		if h.Stage == s {
 			return h.Mode
 		}
 	}
-	return loader.ModeNone
+	return events.ModeNone
 }
 
 // need skips a test, saying why, when a stage it depends on is not
 // attached on this kernel: a visible skip, never a silent pass.
-func need(t testing.TB, stages ...loader.Stage) {
+func need(t testing.TB, stages ...events.Stage) {
 	t.Helper()
 	for _, s := range stages {
 		for _, h := range tracer.Hooks() {
-			if h.Stage == s && h.Mode == loader.ModeNone {
+			if h.Stage == s && h.Mode == events.ModeNone {
 				t.Skipf("stage %s is not attached on this kernel in this mode (%v): what it sees cannot be tested here", s, h.Err)
 			}
 		}
@@ -305,7 +361,7 @@ func need(t testing.TB, stages ...loader.Stage) {
 }
 
 // has reports whether a stage is attached.
-func has(s loader.Stage) bool { return modeOf(s) != loader.ModeNone }
+func has(s events.Stage) bool { return modeOf(s) != events.ModeNone }
 
 // slack scales timing bounds: 1 on real hardware; the kernel matrix runs
 // under software emulation, 10 to 50 times slower, and sets it higher.

@@ -30,7 +30,7 @@ const (
 
 type bpfLwConn struct {
 	_        structs.HostLayout
-	T_syn    uint64
+	T_synack uint64
 	T_est    uint64
 	Listener bpfLwListenerKey
 	Flags    uint32
@@ -60,25 +60,17 @@ const (
 
 type bpfLwEvent struct {
 	_        structs.HostLayout
-	T_syn    uint64
+	T_synack uint64
 	T_est    uint64
 	T_acc    uint64
 	Listener bpfLwListenerKey
 	Raddr    [16]uint8
-	Rport    uint16
-	Kind     uint16
 	Flags    uint32
 	Pid      uint32
-	Ret      int32
 	Ackq     uint32
-	Pad      uint32
+	Rport    uint16
+	_        [2]byte
 }
-
-type bpfLwEventKind uint32
-
-const (
-	bpfLwEventKindLW_EV_ACCEPT bpfLwEventKind = 1
-)
 
 type bpfLwFlag uint32
 
@@ -153,12 +145,9 @@ const (
 	bpfVarCfgTpHandshake      = "cfg_tp_handshake"
 	bpfVarCfgWakeupBytes      = "cfg_wakeup_bytes"
 	bpfVarUnusedAerr          = "unused_aerr"
-	bpfVarUnusedConn          = "unused_conn"
 	bpfVarUnusedCounter       = "unused_counter"
 	bpfVarUnusedDrop          = "unused_drop"
-	bpfVarUnusedEvent         = "unused_event"
 	bpfVarUnusedFlag          = "unused_flag"
-	bpfVarUnusedKind          = "unused_kind"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -245,12 +234,9 @@ type bpfVariableSpecs struct {
 	CfgTpHandshake *ebpf.VariableSpec `ebpf:"cfg_tp_handshake"`
 	CfgWakeupBytes *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
 	UnusedAerr     *ebpf.VariableSpec `ebpf:"unused_aerr"`
-	UnusedConn     *ebpf.VariableSpec `ebpf:"unused_conn"`
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
-	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedFlag     *ebpf.VariableSpec `ebpf:"unused_flag"`
-	UnusedKind     *ebpf.VariableSpec `ebpf:"unused_kind"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -301,12 +287,9 @@ type bpfVariables struct {
 	CfgTpHandshake *ebpf.Variable `ebpf:"cfg_tp_handshake"`
 	CfgWakeupBytes *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`
 	UnusedAerr     *ebpf.Variable `ebpf:"unused_aerr"`
-	UnusedConn     *ebpf.Variable `ebpf:"unused_conn"`
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
-	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
 	UnusedFlag     *ebpf.Variable `ebpf:"unused_flag"`
-	UnusedKind     *ebpf.Variable `ebpf:"unused_kind"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

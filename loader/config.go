@@ -4,70 +4,18 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/listenwatch/listenwatch/events"
 )
-
-// Mode is how a stage is attached to the kernel.
-type Mode string
-
-const (
-	ModeAuto       Mode = "auto"       // best that loads: fentry, kprobe, tracepoint
-	ModeFentry     Mode = "fentry"     // fentry/fexit (BPF trampolines)
-	ModeKprobe     Mode = "kprobe"     // kprobe/kretprobe
-	ModeTracepoint Mode = "tracepoint" // tp_btf and syscall tracepoints only
-	ModeNone       Mode = "none"       // not attached
-)
-
-// ParseMode accepts the values of --hook-mode.
-func ParseMode(s string) (Mode, error) {
-	switch m := Mode(s); m {
-	case ModeAuto, ModeFentry, ModeKprobe, ModeTracepoint:
-		return m, nil
-	}
-	return "", fmt.Errorf("unknown hook mode %q (want auto, fentry, kprobe or tracepoint)", s)
-}
-
-// Stage is a step of a connection's life that listenwatch hooks.
-type Stage string
-
-const (
-	StageRegistry     Stage = "registry"      // listen() and close() of listeners
-	StageSYN          Stage = "syn"           // a SYN reaches a listener (and SYN-time drops)
-	StageHandshake    Stage = "handshake"     // the final ACK creates the child socket
-	StageAccept       Stage = "accept"        // accept() returns the child
-	StageAcceptErrors Stage = "accept_errors" // accept() fails with EMFILE/ENFILE
-	StageDrops        Stage = "drops"         // final-ACK and cookie-ACK listen overflows
-	StageSynackRetx   Stage = "synack_retransmit"
-)
-
-// Stages lists every stage, in attach order: the tracepoint-only stages
-// come after the ones whose mode they depend on.
-var Stages = []Stage{StageDrops, StageSYN, StageHandshake, StageAccept, StageAcceptErrors, StageSynackRetx, StageRegistry}
-
-// auxiliary stages have a single, tracepoint, attachment on every kernel:
-// a forced mode does not apply to them, and when the kernel lacks their
-// tracepoint they are reported missing without failing the start.
-func auxiliary(s Stage) bool {
-	return s == StageAcceptErrors || s == StageDrops || s == StageSynackRetx
-}
-
-// ParseStage accepts the values of --disable-stage.
-func ParseStage(s string) (Stage, error) {
-	for _, st := range Stages {
-		if string(st) == s && st != StageRegistry {
-			return st, nil
-		}
-	}
-	return "", fmt.Errorf("unknown stage %q (want syn, handshake, accept, accept_errors, drops or synack_retransmit)", s)
-}
 
 // Config is everything the loader can be told. The zero value of a field
 // means its default.
 type Config struct {
 	// Mode forces one attach mode for every stage; auto picks per stage.
 	// A forced mode that does not load is an error, never a fallback.
-	Mode Mode
+	Mode events.Mode
 	// Disabled stages are not attached at all (they report mode "none").
-	Disabled []Stage
+	Disabled []events.Stage
 	// RingbufSize is the ring buffer's size in bytes: a power of two and a
 	// multiple of the page size.
 	RingbufSize uint32
@@ -92,7 +40,7 @@ const (
 
 func (c Config) withDefaults() Config {
 	if c.Mode == "" {
-		c.Mode = ModeAuto
+		c.Mode = events.ModeAuto
 	}
 	if c.RingbufSize == 0 {
 		c.RingbufSize = DefaultRingbufSize
@@ -115,7 +63,7 @@ func (c Config) withDefaults() Config {
 // Validate reports the first setting that cannot work, in the user's terms.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	if _, err := ParseMode(string(c.Mode)); err != nil {
+	if _, err := events.ParseMode(string(c.Mode)); err != nil {
 		return err
 	}
 	if c.RingbufSize < 4096 || c.RingbufSize&(c.RingbufSize-1) != 0 {
@@ -130,7 +78,7 @@ func (c Config) Validate() error {
 	return nil
 }
 
-func (c Config) disabled(s Stage) bool {
+func (c Config) disabled(s events.Stage) bool {
 	for _, d := range c.Disabled {
 		if d == s {
 			return true

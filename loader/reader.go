@@ -11,30 +11,27 @@ import (
 
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/listenwatch/listenwatch/events"
-)
-
-const (
-	afInet  = 2
-	afInet6 = 10
+	"golang.org/x/sys/unix"
 )
 
 // The flags are defined once, in C; events repeats them as domain
-// constants. Any drift fails the build here.
-var _ = [1]struct{}{}[uint32(events.FlagSYNExact)-uint32(bpfLwFlagLW_F_SYN_EXACT)+
-	uint32(events.FlagSYNFromRTT)-uint32(bpfLwFlagLW_F_SYN_SRTT)+
-	uint32(events.FlagSYNFromRTO)-uint32(bpfLwFlagLW_F_SYN_RTO)+
-	uint32(events.FlagCookie)-uint32(bpfLwFlagLW_F_COOKIE)+
-	uint32(events.FlagHandshake)-uint32(bpfLwFlagLW_F_HANDSHAKE)+
-	uint32(events.FlagNoListener)-uint32(bpfLwFlagLW_F_NO_LISTENER)]
+// constants. Each pair is checked on its own: a drift or a swap fails the
+// build here (a negative constant, or an index out of range).
+var (
+	_ = [1]struct{}{}[uint32(events.FlagSYNExact)-uint32(bpfLwFlagLW_F_SYN_EXACT)]
+	_ = [1]struct{}{}[uint32(events.FlagSYNFromRTT)-uint32(bpfLwFlagLW_F_SYN_SRTT)]
+	_ = [1]struct{}{}[uint32(events.FlagSYNFromRTO)-uint32(bpfLwFlagLW_F_SYN_RTO)]
+	_ = [1]struct{}{}[uint32(events.FlagCookie)-uint32(bpfLwFlagLW_F_COOKIE)]
+	_ = [1]struct{}{}[uint32(events.FlagHandshake)-uint32(bpfLwFlagLW_F_HANDSHAKE)]
+	_ = [1]struct{}{}[uint32(events.FlagNoListener)-uint32(bpfLwFlagLW_F_NO_LISTENER)]
+)
 
 // EventSize is the size of one ring-buffer record.
 const EventSize = int(unsafe.Sizeof(bpfLwEvent{}))
 
-// ErrShortRecord and ErrUnknownKind are the ways a record fails to decode.
-var (
-	ErrShortRecord = errors.New("short record")
-	ErrUnknownKind = errors.New("unknown record kind")
-)
+// ErrShortRecord is how a record fails to decode: every record is one
+// struct lw_event, so only its length can be wrong.
+var ErrShortRecord = errors.New("short record")
 
 // Decode fills c from one ring-buffer record. It checks the length and
 // casts to the generated type: no reflection, no allocation.
@@ -43,12 +40,9 @@ func Decode(raw []byte, c *events.Conn) error {
 		return fmt.Errorf("%w: %d bytes, want %d", ErrShortRecord, len(raw), EventSize)
 	}
 	e := (*bpfLwEvent)(unsafe.Pointer(&raw[0]))
-	if e.Kind != uint16(bpfLwEventKindLW_EV_ACCEPT) {
-		return fmt.Errorf("%w %d", ErrUnknownKind, e.Kind)
-	}
 	c.Listener = listenerKey(&e.Listener)
 	var client netip.Addr
-	if e.Listener.Family == afInet {
+	if e.Listener.Family == unix.AF_INET {
 		client = netip.AddrFrom4([4]byte(e.Raddr[:4]))
 	} else {
 		client = netip.AddrFrom16(e.Raddr).Unmap()
@@ -56,7 +50,7 @@ func Decode(raw []byte, c *events.Conn) error {
 	c.Client = netip.AddrPortFrom(client, e.Rport)
 	c.PID = e.Pid
 	c.Flags = events.Flags(e.Flags)
-	c.SYN = time.Duration(e.T_syn)
+	c.SYNACKSent = time.Duration(e.T_synack)
 	c.Established = time.Duration(e.T_est)
 	c.Accepted = time.Duration(e.T_acc)
 	c.AcceptQueueLen = e.Ackq
@@ -65,7 +59,7 @@ func Decode(raw []byte, c *events.Conn) error {
 
 func listenerKey(k *bpfLwListenerKey) events.ListenerKey {
 	var a netip.Addr
-	if k.Family == afInet {
+	if k.Family == unix.AF_INET {
 		a = netip.AddrFrom4([4]byte(k.Addr[:4]))
 	} else {
 		a = netip.AddrFrom16(k.Addr)

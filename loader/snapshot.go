@@ -3,87 +3,33 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/listenwatch/listenwatch/events"
 )
 
-// Listener is a listener's state read from the kernel at scrape time.
-type Listener struct {
-	Key        events.ListenerKey
-	SYNs       uint64 // SYNs received
-	Handshakes uint64 // handshakes completed
-	Accepted   uint64 // connections returned by accept()
-	Sockets    int64  // listening sockets with this identity now
-	Backlog    uint32 // effective backlog (sk_max_ack_backlog); 0 if unknown
-	// RequestedBacklog is what listen() asked for, before the somaxconn
-	// cap; 0 when the listener predates the agent.
-	RequestedBacklog uint32
-	PID              uint32
-	Comm             string
-	// Queue lengths as of the last SYN the listener received.
-	AcceptQueueLen, SYNQueueLen uint32
-
-	Drops         [DropReasons]uint64 // by DropReason
-	CookiesSent   uint64              // SYNs answered with a SYN cookie
-	SynackRetrans uint64              // SYN-ACKs retransmitted
-	AcceptEMFILE  uint64              // accept() failed: process fd limit
-	AcceptENFILE  uint64              // accept() failed: system file limit
-}
-
-// DropReason says why a listener refused a connection.
-type DropReason int
-
-// The reasons, in the kernel's order (enum lw_drop).
-const (
-	DropAcceptQueueSYN       = DropReason(bpfLwDropLW_DROP_ACCEPTQ_SYN)
-	DropAcceptQueueACK       = DropReason(bpfLwDropLW_DROP_ACCEPTQ_ACK)
-	DropAcceptQueueCookieACK = DropReason(bpfLwDropLW_DROP_ACCEPTQ_COOKIE_ACK)
-	DropSYNQueueFull         = DropReason(bpfLwDropLW_DROP_SYNQ_FULL)
-	DropOther                = DropReason(bpfLwDropLW_DROP_OTHER)
-	DropReasons              = int(bpfLwDropLW_DROP_MAX)
+// The drop reasons are defined in C (enum lw_drop) and named in events;
+// each pair is checked on its own, so a swap cannot cancel out. A
+// mismatch fails the build: a negative constant or an index out of range.
+var (
+	_ = [1]struct{}{}[events.DropAcceptQueueSYN-events.DropReason(bpfLwDropLW_DROP_ACCEPTQ_SYN)]
+	_ = [1]struct{}{}[events.DropAcceptQueueACK-events.DropReason(bpfLwDropLW_DROP_ACCEPTQ_ACK)]
+	_ = [1]struct{}{}[events.DropAcceptQueueCookieACK-events.DropReason(bpfLwDropLW_DROP_ACCEPTQ_COOKIE_ACK)]
+	_ = [1]struct{}{}[events.DropSYNQueueFull-events.DropReason(bpfLwDropLW_DROP_SYNQ_FULL)]
+	_ = [1]struct{}{}[events.DropOther-events.DropReason(bpfLwDropLW_DROP_OTHER)]
+	_ = [1]struct{}{}[events.DropReasons-int(bpfLwDropLW_DROP_MAX)]
 )
 
-// String is the reason's metric label.
-func (r DropReason) String() string {
-	switch r {
-	case DropAcceptQueueSYN:
-		return "accept_queue_full_syn"
-	case DropAcceptQueueACK:
-		return "accept_queue_full_ack"
-	case DropAcceptQueueCookieACK:
-		return "accept_queue_full_cookie_ack"
-	case DropSYNQueueFull:
-		return "syn_queue_full"
-	}
-	return "other"
-}
-
-// Overflows is the listener's share of the kernel's ListenOverflows.
-func (l *Listener) Overflows() uint64 {
-	return l.Drops[DropAcceptQueueSYN] + l.Drops[DropAcceptQueueACK] + l.Drops[DropAcceptQueueCookieACK]
-}
-
-// TotalDrops is the listener's share of the kernel's ListenDrops.
-func (l *Listener) TotalDrops() uint64 {
-	var n uint64
-	for _, d := range l.Drops {
-		n += d
-	}
-	return n
-}
-
 // Listeners reads the listener registry.
-func (t *Tracer) Listeners() ([]Listener, error) {
+func (t *Tracer) Listeners() ([]events.Listener, error) {
 	var (
 		k   bpfLwListenerKey
 		v   bpfLwListenerStats
-		out []Listener
+		out []events.Listener
 	)
 	it := t.maps[bpfMapLwListeners].Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, Listener{
+		out = append(out, events.Listener{
 			Key: listenerKey(&k), SYNs: v.Syns, Handshakes: v.Handshakes, Accepted: v.Accepted,
 			Sockets: v.Sockets, Backlog: v.Backlog, RequestedBacklog: v.ReqBacklog, PID: v.Pid, Comm: cString(v.Comm[:]),
 			Drops: v.Drops, CookiesSent: v.CookiesSent, SynackRetrans: v.SynackRetrans,
@@ -108,29 +54,19 @@ func cString(b []int8) string {
 	return string(s)
 }
 
-// Counters are the tracer's own health counters.
-type Counters struct {
-	RingbufLost           uint64 // records the kernel could not reserve
-	DecodeErrors          uint64 // records the reader could not decode
-	Records               uint64 // records read
-	UnattributedSYN       uint64 // SYNs to no registered listener
-	UnattributedHandshake uint64
-	UnattributedAccept    uint64
-}
-
 // Counters sums the per-CPU counters.
-func (t *Tracer) Counters() (Counters, error) {
+func (t *Tracer) Counters() (events.Counters, error) {
 	var sums [bpfLwCounterLW_C_MAX]uint64
 	var per []uint64
 	for i := range sums {
 		if err := t.maps[bpfMapLwCounters].Lookup(uint32(i), &per); err != nil {
-			return Counters{}, fmt.Errorf("read counter %d: %w", i, err)
+			return events.Counters{}, fmt.Errorf("read counter %d: %w", i, err)
 		}
 		for _, v := range per {
 			sums[i] += v
 		}
 	}
-	return Counters{
+	return events.Counters{
 		RingbufLost:           sums[bpfLwCounterLW_C_RINGBUF_LOST],
 		UnattributedSYN:       sums[bpfLwCounterLW_C_UNATTRIBUTED_SYN],
 		UnattributedHandshake: sums[bpfLwCounterLW_C_UNATTRIBUTED_HANDSHAKE],
@@ -140,19 +76,10 @@ func (t *Tracer) Counters() (Counters, error) {
 	}, nil
 }
 
-// ProgramStats is the kernel's accounting of one attached program.
-type ProgramStats struct {
-	Name            string
-	Stage           Stage
-	RecursionMisses uint64        // runs skipped because the program was already running on that CPU
-	RunTime         time.Duration // with kernel.bpf_stats_enabled=1 only
-	RunCount        uint64        // with kernel.bpf_stats_enabled=1 only
-}
-
 // Programs reads the kernel's statistics of every attached program.
-func (t *Tracer) Programs() ([]ProgramStats, error) {
+func (t *Tracer) Programs() ([]events.ProgramStats, error) {
 	var (
-		out  []ProgramStats
+		out  []events.ProgramStats
 		errs []error
 	)
 	for _, h := range t.hooks {
@@ -166,7 +93,7 @@ func (t *Tracer) Programs() ([]ProgramStats, error) {
 				errs = append(errs, fmt.Errorf("program %s: %w", name, err))
 				continue
 			}
-			out = append(out, ProgramStats{Name: name, Stage: h.Stage,
+			out = append(out, events.ProgramStats{Name: name, Stage: h.Stage,
 				RecursionMisses: st.RecursionMisses, RunTime: st.Runtime, RunCount: st.RunCount})
 		}
 	}
@@ -175,3 +102,23 @@ func (t *Tracer) Programs() ([]ProgramStats, error) {
 
 // Map gives tests and benchmarks read access to a map by name.
 func (t *Tracer) Map(name string) *ebpf.Map { return t.maps[name] }
+
+// ProgramIDs are the kernel's IDs of the programs this tracer attached:
+// what is its own, whatever other BPF users load beside it.
+func (t *Tracer) ProgramIDs() ([]ebpf.ProgramID, error) {
+	var ids []ebpf.ProgramID
+	for _, h := range t.hooks {
+		for _, name := range h.Programs {
+			info, err := t.progs[name].Info()
+			if err != nil {
+				return nil, fmt.Errorf("program %s: %w", name, err)
+			}
+			id, ok := info.ID()
+			if !ok {
+				return nil, fmt.Errorf("program %s: the kernel reports no ID", name)
+			}
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}

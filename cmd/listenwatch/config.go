@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -87,7 +88,7 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 	default:
 		return cfg, fmt.Errorf("--log-format %q: want auto, console or json", cfg.LogFormat)
 	}
-	if cfg.Loader.Mode, err = loader.ParseMode(mode); err != nil {
+	if cfg.Loader.Mode, err = events.ParseMode(mode); err != nil {
 		return cfg, fmt.Errorf("--hook-mode: %v", err)
 	}
 	cfg.Loader.Disabled = disabled
@@ -112,8 +113,8 @@ func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.Fla
 	fs.StringVar(&cfg.MetricsPath, "metrics-path", "/metrics", "HTTP path of the metrics")
 	fs.StringVar(level, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "auto (console on a terminal, else JSON), console or json")
-	fs.StringVar(mode, "hook-mode", "auto", "auto, fentry, kprobe or tracepoint: a forced mode that cannot attach is an error")
-	fs.Var(disabled, "disable-stage", "do not attach this stage: syn, handshake or accept (repeatable)")
+	fs.StringVar(mode, "hook-mode", string(events.ModeAuto), "how to attach every stage: "+events.ModesNames()+"; a forced mode that cannot attach is an error")
+	fs.Var(disabled, "disable-stage", "do not attach this stage: "+events.StageNames()+" (comma-separated or repeated)")
 	fs.Func("ringbuf-size", "ring buffer size in bytes, a power of two (default 1048576)", uintFlag(&cfg.Loader.RingbufSize))
 	fs.Func("conn-table-size", "connections tracked between handshake and accept, LRU (default 32768)", uintFlag(&cfg.Loader.ConnTableSize))
 	fs.Func("listener-table-size", "listeners tracked, LRU (default 4096)", uintFlag(&cfg.Loader.ListenerTableSize))
@@ -133,12 +134,12 @@ func uintFlag(p *uint32) func(string) error {
 	}
 }
 
-type stageList []loader.Stage
+type stageList []events.Stage
 
 func (s *stageList) String() string { return fmt.Sprint(*s) }
 func (s *stageList) Set(v string) error {
 	for _, part := range strings.Split(v, ",") {
-		st, err := loader.ParseStage(part)
+		st, err := events.ParseStage(part)
 		if err != nil {
 			return err
 		}
@@ -164,39 +165,11 @@ func newLogger(cfg Config) (log, sampled zerolog.Logger) {
 
 // checkPrivileges fails early, in one line, when BPF cannot be loaded.
 func checkPrivileges() error {
-	const capSysAdmin, capPerfmon, capBPF = 21, 38, 39
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return nil // let the loader report the real failure
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		hex, ok := strings.CutPrefix(line, "CapEff:")
-		if !ok {
-			continue
-		}
-		caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
-		if err != nil {
-			return nil
-		}
-		has := func(c uint) bool { return caps&(1<<c) != 0 }
-		if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) {
-			return nil
-		}
-		return errors.New("missing privileges: run as root, or with CAP_BPF and CAP_PERFMON (and CAP_SYS_RESOURCE on kernels before 5.11)")
-	}
-	return nil
-}
-
-// btfPath is where the kernel describes its own types; without it no
-// CO-RE program can load.
-const btfPath = "/sys/kernel/btf/vmlinux"
-
-// checkBTF fails early, in one line, on a kernel built without BTF.
-func checkBTF(path string) error {
-	if _, err := os.Stat(path); err != nil {
-		return fmt.Errorf("kernel has no BTF (%s missing): listenwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8+; most distributions since 2021)", path)
-	}
-	return nil
+	return loader.CheckPrivileges(string(b))
 }
 
 // unwrapOp turns "listen tcp :9810: bind: address already in use" into

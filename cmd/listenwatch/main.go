@@ -42,7 +42,7 @@ func run(cfg Config) error {
 	if err := checkPrivileges(); err != nil {
 		return err
 	}
-	if err := checkBTF(btfPath); err != nil {
+	if err := loader.CheckBTF(loader.BTFPath); err != nil {
 		return err
 	}
 	// Bind first: a taken port should fail before any BPF is loaded.

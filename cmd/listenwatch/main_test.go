@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/rs/zerolog"
 )
@@ -19,7 +20,7 @@ func TestParseArgsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.MetricsAddr != ":9810" || cfg.MetricsPath != "/metrics" || cfg.LogLevel != zerolog.InfoLevel ||
-		cfg.Loader.Mode != loader.ModeAuto || cfg.Loader.PollInterval != loader.DefaultPollInterval {
+		cfg.Loader.Mode != events.ModeAuto || cfg.Loader.PollInterval != loader.DefaultPollInterval {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
@@ -30,7 +31,7 @@ func TestParseArgsSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Loader.Mode != loader.ModeTracepoint || len(cfg.Loader.Disabled) != 2 || cfg.Loader.RingbufSize != 65536 ||
+	if cfg.Loader.Mode != events.ModeTracepoint || len(cfg.Loader.Disabled) != 2 || cfg.Loader.RingbufSize != 65536 ||
 		cfg.LogLevel != zerolog.DebugLevel || cfg.MetricsAddr != "127.0.0.1:0" {
 		t.Fatalf("settings ignored: %+v", cfg)
 	}
@@ -97,11 +98,11 @@ func TestExitCodes(t *testing.T) {
 }
 
 func TestNoBTFIsOneClearLine(t *testing.T) {
-	err := checkBTF(filepath.Join(t.TempDir(), "vmlinux"))
+	err := loader.CheckBTF(filepath.Join(t.TempDir(), "vmlinux"))
 	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "CONFIG_DEBUG_INFO_BTF") {
 		t.Fatalf("got %v", err)
 	}
-	if err := checkBTF(btfPath); err != nil {
+	if err := loader.CheckBTF(loader.BTFPath); err != nil {
 		t.Skipf("this kernel has no BTF: %v", err)
 	}
 }

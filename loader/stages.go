@@ -1,0 +1,228 @@
+package loader
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/rs/zerolog"
+)
+
+// stageDef is one stage: the modes it can run in, in order of preference,
+// and what it needs from the stages attached before it.
+type stageDef struct {
+	stage events.Stage
+	// after names the stages whose chosen mode this stage's programs read
+	// (through the constants consts sets): they are attached first.
+	after []events.Stage
+	// consts sets the BPF constants that depend on those modes.
+	consts func(modeOf func(events.Stage) events.Mode) map[string]any
+	// coveredBy reports the stage already served by another's programs.
+	coveredBy func(modeOf func(events.Stage) events.Mode) (events.Stage, bool)
+	// auxiliary stages have one tracepoint attachment on every kernel: a
+	// forced mode does not apply to them, and a kernel without their
+	// tracepoint does not fail the start.
+	auxiliary  bool
+	candidates []candidate
+}
+
+// probe is one program and how to attach it.
+type probe struct {
+	prog   string
+	attach func(*ebpf.Program) (link.Link, error)
+}
+
+type candidate struct {
+	mode   events.Mode
+	probes []probe
+	// prepare sets the variables a mode needs before its programs load.
+	prepare func(*ebpf.CollectionSpec) error
+}
+
+func tracing(p *ebpf.Program) (link.Link, error) {
+	return link.AttachTracing(link.TracingOptions{Program: p})
+}
+
+func kprobe(sym string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) { return link.Kprobe(sym, p, nil) }
+}
+
+func kretprobe(sym string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(sym, p, nil) }
+}
+
+func tracepoint(group, name string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint(group, name, p, nil) }
+}
+
+// acceptSyscalls see accept(2) and accept4(2) return: failures always,
+// accepted connections when cfg_tp_accept is set.
+var acceptSyscalls = []probe{
+	{bpfProgLwTpAccept4, tracepoint("syscalls", "sys_exit_accept4")},
+	{bpfProgLwTpAccept, tracepoint("syscalls", "sys_exit_accept")},
+}
+
+// stageDefs lists every stage. The order here is only the order of the
+// log lines: dependencies are stated in each definition.
+var stageDefs = []stageDef{
+	{
+		stage: events.StageSYN,
+		candidates: []candidate{
+			{mode: events.ModeFentry, probes: []probe{{bpfProgLwFexitConnRequest, tracing}}},
+			{mode: events.ModeKprobe, probes: []probe{
+				{bpfProgLwKpConnRequest, kprobe("tcp_conn_request")},
+				{bpfProgLwKrpConnRequest, kretprobe("tcp_conn_request")},
+			}},
+			{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpConsume, tracing}}, prepare: prepareConsume},
+		},
+	},
+	{
+		stage: events.StageHandshake,
+		// Without the kfree_skb hook, the handshake programs count the
+		// final-ACK overflows themselves.
+		after: []events.Stage{events.StageDrops},
+		consts: func(modeOf func(events.Stage) events.Mode) map[string]any {
+			return map[string]any{bpfVarCfgKfreeDrops: modeOf(events.StageDrops) != events.ModeNone}
+		},
+		candidates: []candidate{
+			{mode: events.ModeFentry, probes: []probe{
+				{bpfProgLwFexitSynRecv4, tracing},
+				{bpfProgLwFexitSynRecv6, tracing},
+			}},
+			{mode: events.ModeKprobe, probes: []probe{
+				{bpfProgLwKpSynRecv4, kprobe("tcp_v4_syn_recv_sock")},
+				{bpfProgLwKrpSynRecv4, kretprobe("tcp_v4_syn_recv_sock")},
+				{bpfProgLwKpSynRecv6, kprobe("tcp_v6_syn_recv_sock")},
+				{bpfProgLwKrpSynRecv6, kretprobe("tcp_v6_syn_recv_sock")},
+			}},
+			// Runs inside the registry program (inet_sock_set_state
+			// SYN_RECV -> ESTABLISHED), switched on by cfg_tp_handshake.
+			{mode: events.ModeTracepoint},
+		},
+	},
+	{
+		stage: events.StageAccept,
+		candidates: []candidate{
+			{mode: events.ModeFentry, probes: []probe{{bpfProgLwFexitAccept, tracing}}},
+			{mode: events.ModeKprobe, probes: []probe{
+				{bpfProgLwKpAccept, kprobe("inet_csk_accept")},
+				{bpfProgLwKrpAccept, kretprobe("inet_csk_accept")},
+			}},
+			// The same syscall programs as accept_errors, with the
+			// accepted-connection path switched on.
+			{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, true)},
+		},
+	},
+	{
+		stage: events.StageAcceptErrors,
+		after: []events.Stage{events.StageAccept},
+		// The accept stage's syscall programs count failures too.
+		coveredBy: func(modeOf func(events.Stage) events.Mode) (events.Stage, bool) {
+			return events.StageAccept, modeOf(events.StageAccept) == events.ModeTracepoint
+		},
+		auxiliary:  true,
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, false)}},
+	},
+	{
+		stage:      events.StageDrops,
+		auxiliary:  true,
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpKfree, tracing}}}},
+	},
+	{
+		stage:      events.StageSynackRetx,
+		auxiliary:  true,
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpSynack, tracing}}}},
+	},
+	{
+		stage: events.StageRegistry,
+		// The tracepoint handshake lives in the registry's program.
+		after: []events.Stage{events.StageHandshake},
+		consts: func(modeOf func(events.Stage) events.Mode) map[string]any {
+			return map[string]any{bpfVarCfgTpHandshake: modeOf(events.StageHandshake) == events.ModeTracepoint}
+		},
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpState, tracing}}}},
+	},
+}
+
+// attachOrder sorts the stages so that each comes after the stages it
+// depends on, keeping the listed order otherwise.
+func attachOrder(defs []stageDef) ([]stageDef, error) {
+	byStage := make(map[events.Stage]stageDef, len(defs))
+	for _, d := range defs {
+		byStage[d.stage] = d
+	}
+	var (
+		out   []stageDef
+		state = map[events.Stage]int{} // 1 visiting, 2 done
+		visit func(d stageDef) error
+	)
+	visit = func(d stageDef) error {
+		switch state[d.stage] {
+		case 1:
+			return fmt.Errorf("stage %s depends on itself", d.stage)
+		case 2:
+			return nil
+		}
+		state[d.stage] = 1
+		for _, dep := range d.after {
+			dd, ok := byStage[dep]
+			if !ok {
+				return fmt.Errorf("stage %s depends on unknown stage %s", d.stage, dep)
+			}
+			if err := visit(dd); err != nil {
+				return err
+			}
+		}
+		state[d.stage] = 2
+		out = append(out, d)
+		return nil
+	}
+	for _, d := range defs {
+		if err := visit(d); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// onFailure decides what a stage that did not attach means: fatal (Open
+// fails) or logged at a level. The registry is always needed; a stage
+// the user forced into a mode must run in it; an auxiliary stage is a
+// kernel too old for its tracepoint; a disabled stage is what was asked.
+func onFailure(d stageDef, cfg Config) (fatal bool, level zerolog.Level) {
+	switch {
+	case d.stage == events.StageRegistry:
+		return true, zerolog.ErrorLevel
+	case cfg.disabled(d.stage):
+		return false, zerolog.InfoLevel
+	case d.auxiliary:
+		return false, zerolog.WarnLevel
+	case cfg.Mode != events.ModeAuto:
+		return true, zerolog.ErrorLevel
+	}
+	return false, zerolog.ErrorLevel
+}
+
+// forcedModeApplies says whether a forced --hook-mode restricts this
+// stage's candidates.
+func forcedModeApplies(d stageDef, cfg Config) bool {
+	return cfg.Mode != events.ModeAuto && d.stage != events.StageRegistry && !d.auxiliary
+}
+
+func setConst(name string, v any) func(*ebpf.CollectionSpec) error {
+	return func(spec *ebpf.CollectionSpec) error { return spec.Variables[name].Set(v) }
+}
+
+// prepareConsume gives lw_tp_consume the address range of
+// tcp_rcv_state_process: only consume_skb calls from there are listener SYNs.
+func prepareConsume(spec *ebpf.CollectionSpec) error {
+	lo, hi, err := symbolRange("/proc/kallsyms", "tcp_rcv_state_process")
+	if err != nil {
+		return err
+	}
+	if err := spec.Variables[bpfVarCfgRspLo].Set(lo); err != nil {
+		return err
+	}
+	return spec.Variables[bpfVarCfgRspHi].Set(hi)
+}
