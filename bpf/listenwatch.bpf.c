@@ -133,24 +133,34 @@ static __always_inline void key_from_btf_sk(struct lw_listener_key *k, const str
 	}
 }
 
+/* An open listener's entry. A closed listener keeps its entry (its final
+ * counters stay readable until it listens again or is evicted) but takes no
+ * traffic: network namespace inodes are reused, so a dead namespace's
+ * 127.0.0.1:P would otherwise capture the SYNs of a new namespace's [::]:P. */
+static __always_inline struct lw_listener_stats *open_listener(const struct lw_listener_key *k)
+{
+	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, k);
+	return st && st->sockets > 0 ? st : NULL;
+}
+
 /* The listener a packet or child to (netns, family, addr, port) belongs to:
  * the specific address first, then the wildcard, then, for IPv4, a
  * dual-stack IPv6 wildcard; the kernel's own preference order. */
 static __always_inline struct lw_listener_stats *
 find_listener(struct lw_listener_key *k)
 {
-	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, k);
+	struct lw_listener_stats *st = open_listener(k);
 	if (st)
 		return st;
 	__u8 saved[16];
 	__builtin_memcpy(saved, k->addr, 16);
 	__builtin_memset(k->addr, 0, 16);
-	st = bpf_map_lookup_elem(&lw_listeners, k);
+	st = open_listener(k);
 	if (st)
 		return st;
 	if (k->family == AF_INET) {
 		k->family = AF_INET6;
-		st = bpf_map_lookup_elem(&lw_listeners, k);
+		st = open_listener(k);
 		if (st)
 			return st;
 		k->family = AF_INET;

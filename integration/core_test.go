@@ -630,3 +630,40 @@ func TestCloseDetachesEverything(t *testing.T) {
 		}
 	}
 }
+
+// TestClosedListenerDoesNotCapture: a closed listener keeps its registry
+// entry (its final counters stay readable), but it must not take the
+// traffic of a listener opened later that the same packets reach. Network
+// namespace inodes are reused as pods come and go, so a dead namespace's
+// 127.0.0.1:P can meet a new namespace's [::]:P under the same key: the
+// test makes that meeting in one namespace. Found as TestExactCounts'
+// "syns +0" under load, when a namespace inode was reused.
+func TestClosedListenerDoesNotCapture(t *testing.T) {
+	need(t, events.StageAccept)
+	ns := newNS(t)
+	old := netip.MustParseAddrPort("127.0.0.1:9002")
+	fd := listen(t, ns, old, 16)
+	go serve(fd)
+	connectN(t, ns, old, 3)
+	oldKey := events.ListenerKey{Netns: ns.Inode, Addr: old.Addr(), Port: old.Port()}
+	eventually(t, settle, func() (bool, string) {
+		l := listener(t, oldKey)
+		return l.Accepted == 3, fmt.Sprintf("old listener accepted %d, want 3", l.Accepted)
+	})
+	// shutdown first: close() alone leaves the socket listening while
+	// serve's accept() still holds the file.
+	unix.Shutdown(fd, unix.SHUT_RDWR)
+	unix.Close(fd)
+	eventually(t, settle, func() (bool, string) {
+		l := listener(t, oldKey)
+		return l.Sockets == 0, fmt.Sprintf("old listener still has %d sockets after close", l.Sockets)
+	})
+	before := listener(t, oldKey)
+
+	wild := netip.MustParseAddrPort("[::]:9002")
+	exactCount(t, ns, wild, old, 13)
+	if after := listener(t, oldKey); after.SYNs != before.SYNs || after.Handshakes != before.Handshakes || after.Accepted != before.Accepted {
+		t.Errorf("the closed listener counted new traffic: syns %d->%d handshakes %d->%d accepted %d->%d",
+			before.SYNs, after.SYNs, before.Handshakes, after.Handshakes, before.Accepted, after.Accepted)
+	}
+}

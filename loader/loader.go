@@ -32,6 +32,8 @@ type Tracer struct {
 	// tracefs is set when the loader mounted tracefs itself (and unmounts
 	// it on Close): syscall tracepoints attach through it.
 	tracefs string
+	// host is read once, to explain failed attachments in plain words.
+	host hostFacts
 
 	records      atomic.Uint64 // records read from the ring buffer
 	decodeErrors atomic.Uint64 // records that could not be decoded
@@ -87,6 +89,7 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 	} else if t.tracefs != "" {
 		log.Info().Str("path", t.tracefs).Msg("mounted tracefs for syscall tracepoints; unmounted on exit")
 	}
+	t.host = readHostFacts()
 
 	order, err := attachOrder(stageDefs)
 	if err != nil {
@@ -104,8 +107,10 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 			ev, msg = log.WithLevel(level), "stage NOT attached: its metrics stay empty"
 		}
 		ev = ev.Str("stage", string(d.stage)).Str("mode", string(h.Mode)).Strs("programs", h.Programs)
-		if h.Err != nil {
-			ev = ev.AnErr("unavailable", h.Err)
+		if h.Err != nil && h.Mode == events.ModeNone {
+			ev = ev.AnErr("reason", h.Err)
+		} else if h.Err != nil {
+			ev = ev.AnErr("better_modes_unavailable", h.Err)
 		}
 		ev.Msg(msg)
 	}
@@ -154,7 +159,7 @@ func (t *Tracer) attachStage(d stageDef) events.Hook {
 		progs, err := t.attach(c, consts)
 		if err != nil {
 			t.log.Debug().Str("stage", string(d.stage)).Str("mode", string(c.mode)).Err(err).Msg("hook mode unavailable")
-			tried = append(tried, fmt.Sprintf("%s: %v", c.mode, err))
+			tried = append(tried, explain(c.mode, err, t.host))
 			continue
 		}
 		h.Mode, h.Programs = c.mode, progs

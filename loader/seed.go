@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"bufio"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,75 +14,6 @@ import (
 	"github.com/listenwatch/listenwatch/internal/netns"
 	"golang.org/x/sys/unix"
 )
-
-const tracefsPath = "/sys/kernel/tracing"
-
-// ensureTracefs mounts tracefs when neither it nor debugfs's tracing
-// directory is mounted (common on minimal and container hosts): classic
-// tracepoints attach through its event ids. It returns the path it mounted,
-// or "" when tracefs was already there.
-func ensureTracefs() (string, error) {
-	for _, p := range []string{tracefsPath, "/sys/kernel/debug/tracing"} {
-		if _, err := os.Stat(filepath.Join(p, "events")); err == nil {
-			return "", nil
-		}
-	}
-	if err := unix.Mount("tracefs", tracefsPath, "tracefs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
-		return "", fmt.Errorf("mount tracefs on %s: %w", tracefsPath, err)
-	}
-	return tracefsPath, nil
-}
-
-func unmountTracefs(p string) error {
-	// Another tool may have started using it meanwhile: leave it then.
-	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EBUSY) {
-		return fmt.Errorf("unmount %s: %w", p, err)
-	}
-	return nil
-}
-
-// symbolRange returns the address of a kernel text symbol and of the next
-// text symbol after it: the bounds of the function's code.
-func symbolRange(path, name string) (lo, hi uint64, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	var addrs []uint64
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "ffffffff81a0b2c0 T tcp_rcv_state_process"
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) < 3 || (fields[1] != "t" && fields[1] != "T") {
-			continue
-		}
-		a, err := strconv.ParseUint(fields[0], 16, 64)
-		if err != nil {
-			continue
-		}
-		if fields[2] == name && len(fields) == 3 {
-			lo = a
-		}
-		addrs = append(addrs, a)
-	}
-	if err := sc.Err(); err != nil {
-		return 0, 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	if lo == 0 {
-		return 0, 0, fmt.Errorf("%s: no address for %s (kernel.kptr_restrict hides addresses from this user?)", path, name)
-	}
-	for _, a := range addrs {
-		if a > lo && (hi == 0 || a < hi) {
-			hi = a
-		}
-	}
-	if hi == 0 {
-		return 0, 0, fmt.Errorf("%s: no symbol after %s", path, name)
-	}
-	return lo, hi, nil
-}
 
 // procListener is a listening socket found in /proc.
 type procListener struct {
@@ -231,37 +161,6 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	}
 	addr, _ := netip.AddrFromSlice(raw)
 	return netip.AddrPortFrom(addr, uint16(port)), nil
-}
-
-// socketOwners maps the socket inodes of the listeners to a process
-// holding them, by one walk of every process's fd table.
-func socketOwners(ls []procListener) map[uint64]int {
-	want := map[uint64]bool{}
-	for _, l := range ls {
-		want[l.inode] = true
-	}
-	owners := map[uint64]int{}
-	fdDirs, _ := filepath.Glob("/proc/[0-9]*/fd")
-	for _, dir := range fdDirs {
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			continue
-		}
-		for _, e := range ents {
-			s, err := os.Readlink(filepath.Join(dir, e.Name()))
-			if err != nil || !strings.HasPrefix(s, "socket:[") {
-				continue
-			}
-			ino, err := strconv.ParseUint(s[8:len(s)-1], 10, 64)
-			if err == nil && want[ino] {
-				if _, ok := owners[ino]; !ok {
-					owners[ino] = pid
-				}
-			}
-		}
-	}
-	return owners
 }
 
 // readNamedNetns reads the listeners of a namespace bind-mounted at path,

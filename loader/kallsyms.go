@@ -1,0 +1,52 @@
+package loader
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// symbolRange returns the address of a kernel text symbol and of the next
+// text symbol after it: the bounds of the function's code.
+func symbolRange(path, name string) (lo, hi uint64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	var addrs []uint64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "ffffffff81a0b2c0 T tcp_rcv_state_process"
+		line := sc.Text()
+		fields := strings.Fields(line)
+		if len(fields) < 3 || (fields[1] != "t" && fields[1] != "T") {
+			continue
+		}
+		a, err := strconv.ParseUint(fields[0], 16, 64)
+		if err != nil {
+			continue
+		}
+		if fields[2] == name && len(fields) == 3 {
+			lo = a
+		}
+		addrs = append(addrs, a)
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	if lo == 0 {
+		return 0, 0, fmt.Errorf("%s: no address for %s (kernel.kptr_restrict hides addresses from this user?)", path, name)
+	}
+	for _, a := range addrs {
+		if a > lo && (hi == 0 || a < hi) {
+			hi = a
+		}
+	}
+	if hi == 0 {
+		return 0, 0, fmt.Errorf("%s: no symbol after %s", path, name)
+	}
+	return lo, hi, nil
+}
