@@ -1,0 +1,172 @@
+/* Accept: accept() returns the child, or fails for want of a descriptor. */
+#ifndef LW_STAGE_ACCEPT_H
+#define LW_STAGE_ACCEPT_H
+
+static __always_inline void accepted(const struct sock *child, const struct sock *listener)
+{
+	__u64 key = (__u64)child;
+	struct lw_event *e = bpf_ringbuf_reserve(&lw_events, sizeof(*e), 0);
+	struct lw_conn *c = bpf_map_lookup_elem(&lw_conns, &key);
+	struct lw_listener_key k;
+	__u64 t_synack = 0, t_est = 0;
+	__u32 flags = 0, ackq = 0;
+
+	if (c) {
+		k = c->listener;
+		t_synack = c->t_synack;
+		t_est = c->t_est;
+		flags = c->flags;
+		ackq = c->ackq;
+		bpf_map_delete_elem(&lw_conns, &key);
+	} else if (listener) {
+		key_from_sk(&k, listener);
+	} else {
+		key_from_sk(&k, child);
+	}
+
+	struct lw_listener_stats *st = find_listener(&k);
+	if (st) {
+		__sync_fetch_and_add(&st->accepted, 1);
+		if (!st->pid)
+			set_owner(st);
+		flags &= ~LW_F_NO_LISTENER;
+	} else {
+		count(LW_C_UNATTRIBUTED_ACCEPT);
+		flags |= LW_F_NO_LISTENER;
+	}
+
+	if (!e) {
+		count(LW_C_RINGBUF_LOST);
+		return;
+	}
+	e->t_synack = t_synack;
+	e->t_est = t_est;
+	e->t_acc = bpf_ktime_get_ns();
+	e->listener = k;
+	__builtin_memset(e->raddr, 0, sizeof(e->raddr));
+	if (BPF_CORE_READ(child, __sk_common.skc_family) == AF_INET) {
+		__u32 a = BPF_CORE_READ(child, __sk_common.skc_daddr);
+		__builtin_memcpy(e->raddr, &a, 4);
+	} else {
+		BPF_CORE_READ_INTO(&e->raddr, child, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	e->rport = bpf_ntohs(BPF_CORE_READ(child, __sk_common.skc_dport));
+	e->flags = flags;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->ackq = ackq;
+	submit(e);
+}
+
+/* The socket behind a file descriptor of the current task, if it is TCP
+ * (an MPTCP socket is unwrapped to the TCP socket all TCP hooks report).
+ * The task's fd table is reached with plain loads through its BTF type;
+ * only the array slot and the file's private data need a probe read. */
+static __always_inline const struct sock *sock_of_fd(long fd)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct fdtable *fdt = t->files->fdt;
+	if (fd < 0 || fd >= fdt->max_fds)
+		return NULL;
+	struct file **fds = fdt->fd;
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f)
+		return NULL;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	if (!so || BPF_CORE_READ(so, file) != f)
+		return NULL;
+	const struct sock *sk = BPF_CORE_READ(so, sk);
+	if (!sk)
+		return NULL;
+	/* Only stream sockets are accepted; of those only inet ones carry
+	 * these protocol numbers. */
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (bpf_core_type_exists(struct mptcp_sock) && proto == IPPROTO_MPTCP) {
+		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+		if (!sk)
+			return NULL;
+		proto = BPF_CORE_READ(sk, sk_protocol);
+	}
+	return proto == IPPROTO_TCP ? sk : NULL;
+}
+
+#define EMFILE 24
+#define ENFILE 23
+
+/* accept() failed for want of a file descriptor: the connection stays in
+ * the queue. The listening fd is the syscall's first argument, still in
+ * the saved user registers. */
+static __always_inline void accept_failed(long err)
+{
+	__u32 which = err == -EMFILE ? LW_AERR_EMFILE : LW_AERR_ENFILE;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return;
+	const struct sock *sk = sock_of_fd(LW_SYSCALL_ARG1(regs));
+	if (!sk)
+		return;
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (st)
+		__sync_fetch_and_add(&st->accept_errors[which], 1);
+}
+
+static __always_inline int on_accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret < 0) {
+		if (ctx->ret == -EMFILE || ctx->ret == -ENFILE)
+			accept_failed(ctx->ret);
+		return 0;
+	}
+	if (!cfg_tp_accept)
+		return 0;
+	const struct sock *child = sock_of_fd(ctx->ret);
+	if (child)
+		accepted(child, NULL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int lw_tp_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int lw_tp_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx);
+}
+
+/* fexit sees accept(2), io_uring and in-kernel acceptors alike. The
+ * signature changed in 6.10 (struct proto_accept_arg), but the listener is
+ * the first argument in both and bpf_get_func_ret reads the return value
+ * whatever the arity. */
+SEC("fexit/inet_csk_accept")
+int lw_fexit_accept(__u64 *ctx)
+{
+	__u64 ret = 0;
+	if (bpf_get_func_ret(ctx, &ret) || !ret)
+		return 0; /* non-blocking accept with an empty queue */
+	accepted((const struct sock *)ret, (const struct sock *)ctx[0]);
+	return 0;
+}
+
+SEC("kprobe/inet_csk_accept")
+int BPF_KPROBE(lw_kp_accept, struct sock *sk)
+{
+	kp_save(KP_ACCEPT, (__u64)sk, 0, 0);
+	return 0;
+}
+
+SEC("kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(lw_krp_accept, struct sock *child)
+{
+	struct kp_args a;
+	if (kp_take(KP_ACCEPT, &a) == 0 && child)
+		accepted(child, (const struct sock *)a.sk);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,199 @@
+/* Handshake: the final ACK creates the child (and the registry's tracepoint program). */
+#ifndef LW_STAGE_HANDSHAKE_H
+#define LW_STAGE_HANDSHAKE_H
+
+/* listener: the listening socket when the hook has it, else 0 (the
+ * registry's is used); queued: whether the child is already counted in
+ * the accept queue. */
+static __always_inline void handshake_done(__u64 child, struct lw_listener_key *k,
+					   __u64 t_synack, __u64 t_est, __u32 flags,
+					   const struct sock *listener, bool queued)
+{
+	__u32 ackq = 0;
+	struct lw_listener_stats *st = find_listener(k);
+	if (!st) {
+		count(LW_C_UNATTRIBUTED_HANDSHAKE);
+		flags |= LW_F_NO_LISTENER;
+	} else {
+		__sync_fetch_and_add(&st->handshakes, 1);
+		if (!listener)
+			listener = (const struct sock *)st->sk;
+		if (listener)
+			ackq = BPF_CORE_READ(listener, sk_ack_backlog) + (queued ? 0 : 1);
+	}
+	struct lw_conn c = {
+		.t_synack = t_synack,
+		.t_est = t_est,
+		.flags = flags | LW_F_HANDSHAKE,
+		.ackq = ackq,
+	};
+	c.listener = *k;
+	bpf_map_update_elem(&lw_conns, &child, &c, BPF_ANY);
+}
+
+/* Tracepoint mode: the child just went SYN_RECV -> ESTABLISHED. No hook
+ * exposes the request sock here, so the SYN-ACK time is derived from the
+ * RTT the kernel measured against req->snt_synack: within ~2us unless the
+ * SYN-ACK was retransmitted (then total_rto_time, in ms, 6.7+). */
+static __always_inline void child_established(const struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 t_synack = 0;
+	__u32 flags = 0;
+	/* The verifier types sk as struct sock: tcp_sock fields are read
+	 * through the helper. */
+	__u32 retrans = BPF_CORE_READ(tp, total_retrans);
+	__u32 srtt = BPF_CORE_READ(tp, srtt_us);
+	if (retrans == 0 && srtt) {
+		__u64 rtt = (__u64)(srtt >> 3) * 1000;
+		if (rtt < now) {
+			t_synack = now - rtt;
+			flags = LW_F_SYN_SRTT;
+		}
+	} else if (retrans && bpf_core_field_exists(tp->total_rto_time)) {
+		__u64 rto = (__u64)BPF_CORE_READ(tp, total_rto_time) * 1000000;
+		if (rto && rto < now) {
+			t_synack = now - rto;
+			flags = LW_F_SYN_RTO;
+		}
+	}
+	struct lw_listener_key k;
+	key_from_btf_sk(&k, sk);
+	handshake_done((__u64)sk, &k, t_synack, now, flags, NULL, true);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	/* Most transitions are of no interest: decide on the arguments alone
+	 * before touching the socket. A child is cloned from its listener and
+	 * reports LISTEN -> SYN_RECV: only LISTEN -> CLOSE is a listener going
+	 * away. */
+	int what;
+	if (newstate == TCP_LISTEN)
+		what = 1;
+	else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)
+		what = 2;
+	else if (cfg_tp_handshake && oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
+		what = 3;
+	else
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (what == 1)
+		listener_up(sk);
+	else if (what == 2)
+		listener_down(sk);
+	else
+		child_established(sk);
+	return 0;
+}
+
+/* Kernels without the kfree_skb rx_sk argument (before 6.11): a NULL child
+ * with a full accept queue is the final-ACK (or cookie-ACK) overflow. The
+ * caller then adds the packet to sk_drops once more, after this returns. */
+static __always_inline void ack_overflow(const struct sock *listener)
+{
+	__u32 ackq = BPF_CORE_READ(listener, sk_ack_backlog);
+	__u32 max = BPF_CORE_READ(listener, sk_max_ack_backlog);
+	if (ackq <= max)
+		return; /* allocation failure: counted as other at the next SYN */
+	struct lw_listener_key k;
+	key_from_sk(&k, listener);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st)
+		return;
+	__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_ACK], 1);
+	st->last_drops = BPF_CORE_READ(listener, sk_drops.counter) + 1;
+}
+
+/* fentry/kprobe mode: syn_recv_sock returns the child (NULL when the accept
+ * queue is full or allocation failed); the request sock has the exact
+ * SYN-ACK time, zero for a cookie. */
+static __always_inline void syn_recv_done(const struct sock *listener,
+					  const struct request_sock *req,
+					  const bool *own_req, const struct sock *child)
+{
+	if (!child) {
+		if (!cfg_kfree_drops)
+			ack_overflow(listener);
+		return;
+	}
+	bool own = 0;
+	bpf_probe_read_kernel(&own, sizeof(own), own_req);
+	if (!own) /* lost a race with another CPU: this child is destroyed */
+		return;
+	__u64 snt = BPF_CORE_READ((struct tcp_request_sock *)req, snt_synack);
+	__u64 t_synack = snt * 1000; /* tcp_clock_us(): the same clock, in us */
+	__u32 flags = snt ? LW_F_SYN_EXACT : LW_F_COOKIE;
+	struct lw_listener_key k;
+	key_from_sk(&k, listener);
+	handshake_done((__u64)child, &k, t_synack, bpf_ktime_get_ns(), flags, listener, false);
+}
+
+static __always_inline bool v4_mapped(const struct sk_buff *skb)
+{
+	/* tcp_v6_syn_recv_sock handles an IPv4 packet on a dual-stack listener
+	 * by calling tcp_v4_syn_recv_sock, which is hooked too. */
+	return BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP);
+}
+
+/* The return value is read with bpf_get_func_ret: 6.1's verifier refuses a
+ * direct read of the seventh context slot of this six-argument function. */
+SEC("fexit/tcp_v4_syn_recv_sock")
+int lw_fexit_syn_recv4(__u64 *ctx)
+{
+	__u64 child = 0;
+	bpf_get_func_ret(ctx, &child);
+	syn_recv_done((void *)ctx[0], (void *)ctx[2], (void *)ctx[5], (void *)child);
+	return 0;
+}
+
+SEC("fexit/tcp_v6_syn_recv_sock")
+int lw_fexit_syn_recv6(__u64 *ctx)
+{
+	__u64 child = 0;
+	if (v4_mapped((void *)ctx[1]))
+		return 0;
+	bpf_get_func_ret(ctx, &child);
+	syn_recv_done((void *)ctx[0], (void *)ctx[2], (void *)ctx[5], (void *)child);
+	return 0;
+}
+
+SEC("kprobe/tcp_v4_syn_recv_sock")
+int lw_kp_syn_recv4(struct pt_regs *ctx)
+{
+	kp_save(0, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+	return 0;
+}
+
+SEC("kprobe/tcp_v6_syn_recv_sock")
+int lw_kp_syn_recv6(struct pt_regs *ctx)
+{
+	if (!v4_mapped((const struct sk_buff *)PT_REGS_PARM2(ctx)))
+		kp_save(0, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+	return 0;
+}
+
+/* One return probe serves both: the v4-mapped case saved nothing at the v6
+ * entry, and the inner v4 return consumed its own entry. */
+SEC("kretprobe/tcp_v4_syn_recv_sock")
+int BPF_KRETPROBE(lw_krp_syn_recv4, struct sock *child)
+{
+	struct kp_args a;
+	if (kp_take(0, &a) == 0)
+		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
+	return 0;
+}
+
+SEC("kretprobe/tcp_v6_syn_recv_sock")
+int BPF_KRETPROBE(lw_krp_syn_recv6, struct sock *child)
+{
+	struct kp_args a;
+	if (kp_take(0, &a) == 0)
+		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
+	return 0;
+}
+
+#endif

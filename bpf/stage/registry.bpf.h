@@ -1,0 +1,43 @@
+/* Registry: listen() and close() of listeners. */
+#ifndef LW_STAGE_REGISTRY_H
+#define LW_STAGE_REGISTRY_H
+
+static __always_inline void listener_up(const struct sock *sk)
+{
+	struct lw_listener_key k;
+	key_from_btf_sk(&k, sk);
+	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
+	if (!st || st->sockets <= 0) {
+		/* A new life for this identity: the entry of a closed listener
+		 * (or of a dead namespace whose inode was reused) starts over,
+		 * which Prometheus reads as a counter reset. */
+		struct lw_listener_stats fresh = {};
+		bpf_map_update_elem(&lw_listeners, &k, &fresh, BPF_ANY);
+		st = bpf_map_lookup_elem(&lw_listeners, &k);
+		if (!st)
+			return;
+	}
+	__sync_fetch_and_add(&st->sockets, 1);
+	st->backlog = sk->sk_max_ack_backlog;
+	st->sk = (__u64)sk;
+	st->last_drops = sk->sk_drops.counter;
+	/* listen(2) runs this in process context: its second argument is the
+	 * backlog the application asked for, before the somaxconn cap. */
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (regs && LW_SYSCALL_NR(regs) == LW_NR_LISTEN)
+		st->req_backlog = LW_SYSCALL_ARG2(regs);
+	set_owner(st);
+}
+
+static __always_inline void listener_down(const struct sock *sk)
+{
+	struct lw_listener_key k;
+	key_from_btf_sk(&k, sk);
+	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
+	if (st && st->sockets > 0)
+		__sync_fetch_and_add(&st->sockets, -1);
+	if (st && st->sk == (__u64)sk)
+		st->sk = 0; /* never read a freed socket's queues */
+}
+
+#endif

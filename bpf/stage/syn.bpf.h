@@ -1,0 +1,129 @@
+/* SYN: a SYN reaches a listener, and what became of it. */
+#ifndef LW_STAGE_SYN_H
+#define LW_STAGE_SYN_H
+
+/* What became of the SYN just handled by a listener. A SYN that is refused
+ * has no drop event (it is consumed); what shows is the listener's drop
+ * count, bumped by tcp_listendrop(). Drop events on the listener refresh
+ * last_drops, so the change since then is this SYN's. With the accept queue
+ * full it was a listen overflow; else with the SYN queue full, a SYN-queue
+ * drop. A SYN that left the SYN queue full without growing it was answered
+ * with a cookie (inferred: exact unless requests expired in between). */
+static __always_inline void syn_outcome(struct lw_listener_stats *st, const struct sock *sk)
+{
+	if (!sk)
+		return;
+	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
+	__u32 qlen = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	__u32 ackq = BPF_CORE_READ(sk, sk_ack_backlog);
+	__u32 max = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	__u32 d = drops - st->last_drops;
+	st->last_drops = drops;
+	if (d) {
+		__u32 why = LW_DROP_OTHER;
+		if (ackq > max)
+			why = LW_DROP_ACCEPTQ_SYN;
+		else if (qlen > max)
+			why = LW_DROP_SYNQ_FULL;
+		/* d > 1: another CPU refused a SYN of this listener between our
+		 * reads; at the same instant, for the same reason. */
+		__sync_fetch_and_add(&st->drops[why], d < 1024 ? d : 1);
+	} else if (qlen > max && qlen <= st->last_qlen) {
+		__sync_fetch_and_add(&st->cookies_sent, 1);
+	}
+	st->last_qlen = qlen;
+	st->last_ackq = ackq;
+}
+
+/* fentry/kprobe mode: the listener is an argument; the outcome is read when
+ * tcp_conn_request returns. */
+static __always_inline void syn_at_listener(const struct sock *sk)
+{
+	struct lw_listener_key k;
+	key_from_sk(&k, sk);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st) {
+		count(LW_C_UNATTRIBUTED_SYN);
+		return;
+	}
+	__sync_fetch_and_add(&st->syns, 1);
+	if (!st->sk)
+		st->sk = (__u64)sk;
+	syn_outcome(st, sk);
+}
+
+SEC("fexit/tcp_conn_request")
+int BPF_PROG(lw_fexit_conn_request, struct request_sock_ops *rsk_ops, void *af_ops,
+	     struct sock *sk, struct sk_buff *skb)
+{
+	syn_at_listener(sk);
+	return 0;
+}
+
+#define KP_CONN_REQUEST (1ULL << 62)
+
+SEC("kprobe/tcp_conn_request")
+int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
+{
+	kp_save(KP_CONN_REQUEST, (__u64)sk, 0, 0);
+	return 0;
+}
+
+SEC("kretprobe/tcp_conn_request")
+int BPF_KRETPROBE(lw_krp_conn_request)
+{
+	struct kp_args a;
+	if (kp_take(KP_CONN_REQUEST, &a) == 0)
+		syn_at_listener((const struct sock *)a.sk);
+	return 0;
+}
+
+/* Tracepoint mode: every SYN a listener handles (accepted, cookie or
+ * dropped) ends in consume_skb() inside tcp_rcv_state_process; nothing else
+ * fires per SYN. The skb carries no socket, so the listener is found from
+ * the headers and the route's device namespace. */
+SEC("tp_btf/consume_skb")
+int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
+{
+	if ((__u64)location < cfg_rsp_lo || (__u64)location >= cfg_rsp_hi)
+		return 0;
+
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
+	__u16 th = skb->transport_header;
+	/* IPv4 header without options or the IPv6 header, then the TCP ports
+	 * and flags, in one read. */
+	__u8 h[40 + 14];
+	__u32 off = (__u16)(th - nh);
+	if (off != 20 && off != 40)
+		return 0; /* IP options or IPv6 extension headers: not a plain SYN */
+	if (bpf_probe_read_kernel(h, sizeof(h), head + nh))
+		return 0;
+	const __u8 *tcp = off == 20 ? &h[20] : &h[40];
+	if ((tcp[13] & 0x12) != 0x02) /* SYN without ACK */
+		return 0;
+
+	struct lw_listener_key k = {};
+	if ((h[0] >> 4) == 4 && off == 20) {
+		k.family = AF_INET;
+		__builtin_memcpy(k.addr, &h[16], 4); /* daddr */
+	} else if ((h[0] >> 4) == 6 && off == 40) {
+		k.family = AF_INET6;
+		__builtin_memcpy(k.addr, &h[24], 16); /* daddr */
+	} else {
+		return 0;
+	}
+	k.port = ((__u16)tcp[2] << 8) | tcp[3];
+	struct dst_entry *dst = (void *)(skb->_skb_refdst & ~1UL);
+	k.netns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st) {
+		count(LW_C_UNATTRIBUTED_SYN);
+		return 0;
+	}
+	__sync_fetch_and_add(&st->syns, 1);
+	syn_outcome(st, (const struct sock *)st->sk);
+	return 0;
+}
+
+#endif
