@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -25,7 +26,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/internal/netnstest"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -202,36 +203,25 @@ func median(v []float64) float64 {
 // setupNetns makes the bench namespace (10.77.0.1, the server) and a peer
 // (10.77.0.2, the flood source) joined by a veth. SYN-ACKs to spoofed
 // sources are routed to the peer, which drops them: nothing leaves the box.
-func setupNetns() (*netns.NS, func(), error) {
-	cmds := [][]string{
-		{"netns", "add", "lwbench"},
-		{"netns", "add", "lwbpeer"},
-		{"link", "add", "lwb0", "netns", "lwbench", "type", "veth", "peer", "name", "lwb1", "netns", "lwbpeer"},
-		{"-n", "lwbench", "addr", "add", "10.77.0.1/24", "dev", "lwb0"},
-		{"-n", "lwbpeer", "addr", "add", "10.77.0.2/24", "dev", "lwb1"},
-		{"-n", "lwbench", "link", "set", "lo", "up"},
-		{"-n", "lwbench", "link", "set", "lwb0", "up"},
-		{"-n", "lwbpeer", "link", "set", "lo", "up"},
-		{"-n", "lwbpeer", "link", "set", "lwb1", "up"},
-		{"-n", "lwbench", "route", "add", "default", "via", "10.77.0.2"},
-	}
-	cleanup := func() {
-		exec.Command("ip", "netns", "del", "lwbench").Run()
-		exec.Command("ip", "netns", "del", "lwbpeer").Run()
-	}
-	cleanup()
-	for _, c := range cmds {
-		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
-			cleanup()
-			return nil, nil, fmt.Errorf("ip %s: %v: %s", strings.Join(c, " "), err, out)
-		}
-	}
-	ns, err := netns.Open("lwbench")
+func setupNetns() (*netnstest.NS, func(), error) {
+	// Left over from an interrupted run: the names are fixed.
+	exec.Command("ip", "netns", "del", "lwbench").Run()
+	exec.Command("ip", "netns", "del", "lwbpeer").Run()
+	srv, err := netnstest.Create("lwbench")
 	if err != nil {
+		return nil, nil, err
+	}
+	peer, err := netnstest.Create("lwbpeer")
+	if err != nil {
+		srv.Delete()
+		return nil, nil, err
+	}
+	cleanup := func() { srv.Delete(); peer.Delete() }
+	if err := netnstest.Link(srv, peer, "lwb", netip.MustParsePrefix("10.77.0.1/24"), netip.MustParsePrefix("10.77.0.2/24")); err != nil {
 		cleanup()
 		return nil, nil, err
 	}
-	return ns, cleanup, nil
+	return srv, cleanup, nil
 }
 
 type server struct {
@@ -241,7 +231,7 @@ type server struct {
 
 // startServer is a plain accepting server: accept, close with RST (no
 // TIME_WAIT pile-up over a long storm).
-func startServer(ns *netns.NS, addr string) (*server, error) {
+func startServer(ns *netnstest.NS, addr string) (*server, error) {
 	s := &server{addr: addr}
 	var ln net.Listener
 	err := ns.Do(func() (err error) {
@@ -269,13 +259,13 @@ func startServer(ns *netns.NS, addr string) (*server, error) {
 	return s, nil
 }
 
-func storm(ns *netns.NS, s *server, d time.Duration) float64 {
+func storm(ns *netnstest.NS, s *server, d time.Duration) float64 {
 	return float64(stormCount(ns, s, d)) / d.Seconds()
 }
 
 // stormCount connects as fast as the clients can for d and returns how
 // many connections the server accepted meanwhile.
-func stormCount(ns *netns.NS, s *server, d time.Duration) int64 {
+func stormCount(ns *netnstest.NS, s *server, d time.Duration) int64 {
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for range *clients {
@@ -459,7 +449,7 @@ func perProgram(name string) (map[string]float64, error) {
 	return out, nil
 }
 
-func bpfCost(ns *netns.NS, s *server, res *result) error {
+func bpfCost(ns *netnstest.NS, s *server, res *result) error {
 	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
 	if err != nil {
 		return err
@@ -509,7 +499,7 @@ func bpfCost(ns *netns.NS, s *server, res *result) error {
 
 // synFlood sends spoofed SYNs from the peer namespace to the listener for
 // the flood duration, while scraping the agent once a second.
-func synFlood(ns *netns.NS, s *server) (*flood, error) {
+func synFlood(ns *netnstest.NS, s *server) (*flood, error) {
 	if _, err := exec.LookPath("hping3"); err != nil {
 		return nil, errors.New("hping3 not installed (scripts/install-deps.sh)")
 	}

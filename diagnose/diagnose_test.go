@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/rs/zerolog"
 )
 
@@ -103,7 +104,7 @@ func TestStepAfterRestart(t *testing.T) {
 	again := reopened
 	again.AcceptEMFILE = 3
 	src := &fakeSource{readings: [][]events.Listener{{old}, {reopened}, {again}}}
-	d := New(src, time.Second, zerolog.Nop())
+	d := New(src, procfs.FS{}, time.Second, zerolog.Nop())
 	if fs := d.Step(); len(fs) != 0 {
 		t.Fatalf("baseline reported findings: %+v", fs)
 	}
@@ -130,5 +131,15 @@ func TestDelta(t *testing.T) {
 		if d, ok := events.Delta(c.cur, c.prev); d != c.want || ok != c.ok {
 			t.Errorf("Delta(%d, %d) = %d, %v; want %d, %v", c.cur, c.prev, d, ok, c.want, c.ok)
 		}
+	}
+}
+
+func TestReadProcess(t *testing.T) {
+	proc := procfs.New("testdata/proc")
+	if p := readProcess(proc, 4242); p.OpenFDs != 5 || p.Limit != 1024 {
+		t.Errorf("pid 4242: %+v, want 5 fds of 1024", p)
+	}
+	if p := readProcess(proc, 4343); p.OpenFDs != -1 || p.Limit != -1 {
+		t.Errorf("a process that is gone: %+v, want unknown", p)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -28,6 +28,7 @@ type Source interface {
 // /diagnosis endpoint and the listenwatch_diagnosis metric.
 type Doctor struct {
 	src      Source
+	proc     procfs.FS
 	interval time.Duration
 	log      zerolog.Logger
 
@@ -40,9 +41,9 @@ type Doctor struct {
 }
 
 // New builds a doctor; Run drives it.
-func New(src Source, interval time.Duration, log zerolog.Logger) *Doctor {
+func New(src Source, proc procfs.FS, interval time.Duration, log zerolog.Logger) *Doctor {
 	return &Doctor{
-		src: src, interval: interval, log: log,
+		src: src, proc: proc, interval: interval, log: log,
 		desc: prometheus.NewDesc("listenwatch_diagnosis_events",
 			"Refused or failed connections in the last diagnosis interval, per listener, cause and the knob to turn (see /diagnosis for the sentence).",
 			[]string{"netns", "addr", "port", "cause", "knob"}, nil),
@@ -97,10 +98,10 @@ func (d *Doctor) Step() []Finding {
 		}
 		s, ok := settings[l.Key.Netns]
 		if !ok {
-			s = readSettings(l.Key.Netns)
+			s = readSettings(d.proc, l.Key.Netns)
 			settings[l.Key.Netns] = s
 		}
-		fs := Diagnose(prev, l, interval, s, readProcess(l.PID))
+		fs := Diagnose(prev, l, interval, s, readProcess(d.proc, l.PID))
 		for _, f := range fs {
 			d.log.Warn().Str("listener", l.Key.String()).Uint32("pid", l.PID).Str("comm", l.Comm).
 				Str("cause", string(f.Cause)).Str("knob", f.Knob).Uint64("count", f.Count).Msg(f.Message)
@@ -141,7 +142,7 @@ func (d *Doctor) Collect(ch chan<- prometheus.Metric) {
 				continue
 			}
 			seen[l.PID] = true
-			p := readProcess(l.PID)
+			p := readProcess(d.proc, l.PID)
 			if p.Limit < 0 {
 				continue // exited
 			}
@@ -160,16 +161,17 @@ func (d *Doctor) Collect(ch chan<- prometheus.Metric) {
 }
 
 // readSettings reads the namespace's sysctls from inside it.
-func readSettings(inode uint32) Settings {
+func readSettings(proc procfs.FS, inode uint32) Settings {
 	s := Settings{Somaxconn: -1, MaxSynBacklog: -1, Syncookies: -1}
-	path, err := netns.Find(uint64(inode))
+	path, err := netns.Find(proc, uint64(inode))
 	if err != nil {
 		return s
 	}
 	netns.Enter(path, func() error {
-		s.Somaxconn = readInt("/proc/sys/net/core/somaxconn")
-		s.MaxSynBacklog = readInt("/proc/sys/net/ipv4/tcp_max_syn_backlog")
-		s.Syncookies = readInt("/proc/sys/net/ipv4/tcp_syncookies")
+		// /proc/sys/net shows the reading thread's namespace.
+		s.Somaxconn = readInt(proc.Path("sys", "net", "core", "somaxconn"))
+		s.MaxSynBacklog = readInt(proc.Path("sys", "net", "ipv4", "tcp_max_syn_backlog"))
+		s.Syncookies = readInt(proc.Path("sys", "net", "ipv4", "tcp_syncookies"))
 		return nil
 	})
 	return s
@@ -188,17 +190,17 @@ func readInt(path string) int64 {
 }
 
 // readProcess counts a process's open fds and reads its RLIMIT_NOFILE.
-func readProcess(pid uint32) Process {
+func readProcess(proc procfs.FS, pid uint32) Process {
 	p := Process{OpenFDs: -1, Limit: -1}
 	if pid == 0 {
 		return p
 	}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	fds, err := os.ReadDir(proc.PID(pid, "fd"))
 	if err != nil {
 		return p
 	}
 	p.OpenFDs = int64(len(fds))
-	p.Limit = readNofile(filepath.Join("/proc", strconv.Itoa(int(pid)), "limits"))
+	p.Limit = readNofile(proc.PID(pid, "limits"))
 	return p
 }
 

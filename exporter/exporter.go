@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -78,9 +79,10 @@ func (d *descs) all() []*prometheus.Desc {
 // Collector is a prometheus.Collector. Observe is called by the single
 // ring-buffer reader; Collect by any number of scrapes.
 type Collector struct {
-	src Source
-	log zerolog.Logger
-	d   descs
+	src  Source
+	proc procfs.FS // where the owners' cgroups are read
+	log  zerolog.Logger
+	d    descs
 
 	// Copy-on-write: the reader looks up without locking; a new listener
 	// (rare) copies the map under mu.
@@ -96,7 +98,7 @@ const (
 )
 
 // New builds a collector reading src. Descriptors are built once here.
-func New(src Source, log zerolog.Logger) *Collector {
+func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
 	}
@@ -107,7 +109,7 @@ func New(src Source, log zerolog.Logger) *Collector {
 		return typedDesc{desc(name, help, labels...), prometheus.GaugeValue}
 	}
 	ll := listenerLabels
-	c := &Collector{src: src, log: log, d: descs{
+	c := &Collector{src: src, proc: proc, log: log, d: descs{
 		syns:         counter("listener_syns_received_total", "SYNs that reached the listener: queued, answered with a cookie, or dropped.", ll...),
 		handshakes:   counter("listener_handshakes_completed_total", "Handshakes completed: child sockets put in the accept queue.", ll...),
 		accepted:     counter("listener_connections_accepted_total", "Connections returned to the application by accept().", ll...),
@@ -228,7 +230,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- d.synackRetx.metric(float64(l.SynackRetrans), lv...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
-		ch <- d.info.metric(1, append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm, pod(pods, l.PID))...)
+		ch <- d.info.metric(1, append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm, pod(c.proc, pods, l.PID))...)
 	}
 
 	c.evict(ls, err == nil)

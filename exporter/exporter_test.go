@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
@@ -42,7 +43,7 @@ func newFake() *fakeSource {
 }
 
 func TestListenerCounters(t *testing.T) {
-	c := New(newFake(), zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop())
 	want := `
 # HELP listenwatch_listener_connections_accepted_total Connections returned to the application by accept().
 # TYPE listenwatch_listener_connections_accepted_total counter
@@ -87,7 +88,7 @@ listenwatch_bpf_run_seconds_total{program="lw_tp_state"} 1.5
 }
 
 func TestHistogramsAndIncomplete(t *testing.T) {
-	c := New(newFake(), zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop())
 	const ms = time.Millisecond
 	// A complete connection: 40us handshake, 20ms in the queue.
 	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT,
@@ -150,7 +151,7 @@ func TestBucketEdges(t *testing.T) {
 }
 
 func TestLint(t *testing.T) {
-	c := New(newFake(), zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop())
 	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYNACKSent: 1, Established: 2, Accepted: 3})
 	problems, err := testutil.CollectAndLint(c)
 	if err != nil {
@@ -166,7 +167,7 @@ func TestLint(t *testing.T) {
 func TestScrapeSourceSuccess(t *testing.T) {
 	f := newFake()
 	f.errCounters = errors.New("map gone")
-	c := New(f, zerolog.Nop())
+	c := New(f, procfs.FS{}, zerolog.Nop())
 	want := `
 # HELP listenwatch_scrape_source_success 1 when this scrape read the source (listeners, counters, programs) from the kernel, 0 when it failed (the error is logged).
 # TYPE listenwatch_scrape_source_success gauge
@@ -186,7 +187,7 @@ listenwatch_scrape_source_success{source="programs"} 1
 // TestDescribeMatchesCollect: every family Collect emits is described
 // (one list feeds both), and every described family is emitted.
 func TestDescribeMatchesCollect(t *testing.T) {
-	c := New(newFake(), zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop())
 	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYNACKSent: 1, Established: 2, Accepted: 3, AcceptQueueLen: 1})
 	described := map[string]bool{}
 	dch := make(chan *prometheus.Desc, 100)
@@ -230,7 +231,7 @@ func TestHistogramSizesFollowBounds(t *testing.T) {
 }
 
 func TestObserveDoesNotAllocate(t *testing.T) {
-	c := New(newFake(), zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop())
 	conn := &events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT, SYNACKSent: 1, Established: 2, Accepted: 3}
 	c.Observe(conn) // first sight of the listener allocates its state
 	if a := testing.AllocsPerRun(1000, func() { c.Observe(conn) }); a != 0 {
@@ -239,7 +240,7 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 }
 
 func BenchmarkObserve(b *testing.B) {
-	c := New(newFake(), zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop())
 	conn := &events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT, SYNACKSent: 1000, Established: 41000, Accepted: 20041000}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -249,7 +250,7 @@ func BenchmarkObserve(b *testing.B) {
 
 func TestClosedListenerSeriesEvicted(t *testing.T) {
 	f := newFake()
-	c := New(f, zerolog.Nop())
+	c := New(f, procfs.FS{}, zerolog.Nop())
 	c.Observe(&events.Conn{Listener: web, Accepted: 5})
 	// Still open: kept, whatever the traffic.
 	testutil.CollectAndCount(c)

@@ -1,10 +1,11 @@
 package exporter
 
 import (
-	"fmt"
 	"os"
 	"regexp"
 	"strings"
+
+	"github.com/listenwatch/listenwatch/internal/procfs"
 )
 
 // Kubelet cgroup paths name the pod: ".../kubepods-burstable-pod<uid>.slice/..."
@@ -23,21 +24,21 @@ func podUID(cgroup string) string {
 	return ""
 }
 
-func podOfPID(pid uint32) string {
+func podOfPID(proc procfs.FS, pid uint32) string {
 	if pid == 0 {
 		return ""
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	b, err := os.ReadFile(proc.PID(pid, "cgroup"))
 	if err != nil {
 		return ""
 	}
 	return podUID(string(b))
 }
 
-func pod(cache map[uint32]string, pid uint32) string {
+func pod(proc procfs.FS, cache map[uint32]string, pid uint32) string {
 	p, ok := cache[pid]
 	if !ok {
-		p = podOfPID(pid)
+		p = podOfPID(proc, pid)
 		cache[pid] = p
 	}
 	return p

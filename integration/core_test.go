@@ -19,7 +19,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/exporter"
-	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/internal/netnstest"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -228,7 +229,7 @@ func serve(fd int) {
 }
 
 // connectN makes n connections to addr from inside ns, one at a time.
-func connectN(t *testing.T, ns *netns.NS, addr netip.AddrPort, n int) {
+func connectN(t *testing.T, ns *netnstest.NS, addr netip.AddrPort, n int) {
 	t.Helper()
 	for range n {
 		c, _, err := dial(ns, addr)
@@ -307,7 +308,7 @@ func TestExactCounts(t *testing.T) {
 	})
 }
 
-func exactCount(t *testing.T, ns *netns.NS, bind, to netip.AddrPort, n int) {
+func exactCount(t *testing.T, ns *netnstest.NS, bind, to netip.AddrPort, n int) {
 	fd := listen(t, ns, bind, 64)
 	go serve(fd)
 	before, err := ns.Netstat()
@@ -496,7 +497,7 @@ func TestRingbufLossCounted(t *testing.T) {
 	t.Logf("records %d lost %d accepted %d", c.Records, c.RingbufLost, accepted)
 
 	// The loss reaches the metrics.
-	col := exporter.New(tr, zerolog.Nop())
+	col := exporter.New(tr, procfs.FS{}, zerolog.Nop())
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(col)
 	mfs, _ := reg.Gather()
@@ -540,7 +541,7 @@ func TestStartedMidConnection(t *testing.T) {
 		}
 		unix.Close(nfd)
 	}
-	col := exporter.New(tr, zerolog.Nop())
+	col := exporter.New(tr, procfs.FS{}, zerolog.Nop())
 	drain(t, tr, col.Observe)
 	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
 	reg := prometheus.NewRegistry()

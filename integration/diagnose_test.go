@@ -8,6 +8,7 @@ import (
 
 	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -36,7 +37,7 @@ func TestDiagnosisSomaxconn(t *testing.T) {
 	healthy := netip.MustParseAddrPort("127.0.0.1:8485")
 	fd := listen(t, ns, sick, 511)
 	go serve(listen(t, ns, healthy, 511))
-	doc := diagnose.New(tracer, time.Minute, zerolog.Nop())
+	doc := diagnose.New(tracer, procfs.FS{}, time.Minute, zerolog.Nop())
 	doc.Step()
 	connectN(t, ns, healthy, 20)
 	fds := connectNonBlocking(t, ns, sick, 40)
@@ -65,7 +66,7 @@ func TestDiagnosisSyncookiesOff(t *testing.T) {
 	}
 	addr := netip.MustParseAddrPort("10.88.0.1:8486")
 	fd := listen(t, server, addr, 8)
-	doc := diagnose.New(tracer, time.Minute, zerolog.Nop())
+	doc := diagnose.New(tracer, procfs.FS{}, time.Minute, zerolog.Nop())
 	doc.Step()
 	hping(t, peer, addr, 40)
 	unix.Close(fd)

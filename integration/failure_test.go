@@ -14,14 +14,15 @@ import (
 
 	"github.com/listenwatch/listenwatch/diagnose"
 	"github.com/listenwatch/listenwatch/events"
-	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/internal/netnstest"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
 // connectNonBlocking starts n connections to addr from inside ns without
 // waiting for them: against a full queue they would block for seconds.
-func connectNonBlocking(t *testing.T, ns *netns.NS, addr netip.AddrPort, n int) []int {
+func connectNonBlocking(t *testing.T, ns *netnstest.NS, addr netip.AddrPort, n int) []int {
 	t.Helper()
 	var fds []int
 	err := ns.Do(func() error {
@@ -81,21 +82,21 @@ func TestAcceptQueueOverflow(t *testing.T) {
 // overflow is an accept-queue overflow in progress: a backlog-4 listener
 // that never accepts, and clients connecting to it.
 type overflow struct {
-	ns      *netns.NS
+	ns      *netnstest.NS
 	key     events.ListenerKey
 	fd      int
 	clients []int
 	before  map[string]uint64
 }
 
-func overflowScenario(t *testing.T, ns *netns.NS, clients int) {
+func overflowScenario(t *testing.T, ns *netnstest.NS, clients int) {
 	o := startOverflow(t, ns, clients)
 	// Long enough for the first SYN retransmits (1 s) to be refused too.
 	time.Sleep(1500 * time.Millisecond)
 	o.finish(t)
 }
 
-func startOverflow(t *testing.T, ns *netns.NS, clients int) *overflow {
+func startOverflow(t *testing.T, ns *netnstest.NS, clients int) *overflow {
 	t.Helper()
 	addr := netip.MustParseAddrPort("127.0.0.1:8181")
 	o := &overflow{ns: ns, fd: listen(t, ns, addr, 4), key: events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}}
@@ -136,27 +137,17 @@ func (o *overflow) finish(t *testing.T) {
 
 // floodPair is a server namespace and a peer namespace joined by a veth.
 // SYN-ACKs to spoofed sources are routed to the peer, which drops them.
-func floodPair(t *testing.T) (server, peer *netns.NS) {
+func floodPair(t *testing.T) (server, peer *netnstest.NS) {
 	server, peer = newNS(t), newNS(t)
 	veth := fmt.Sprintf("lwv%d", server.Inode%100000)
-	cmds := [][]string{
-		{"link", "add", veth + "a", "netns", server.Name, "type", "veth", "peer", "name", veth + "b", "netns", peer.Name},
-		{"-n", server.Name, "addr", "add", "10.88.0.1/24", "dev", veth + "a"},
-		{"-n", peer.Name, "addr", "add", "10.88.0.2/24", "dev", veth + "b"},
-		{"-n", server.Name, "link", "set", veth + "a", "up"},
-		{"-n", peer.Name, "link", "set", veth + "b", "up"},
-		{"-n", server.Name, "route", "add", "default", "via", "10.88.0.2"},
-	}
-	for _, c := range cmds {
-		if out, err := exec.Command("ip", c...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(c, " "), err, out)
-		}
+	if err := netnstest.Link(server, peer, veth, netip.MustParsePrefix("10.88.0.1/24"), netip.MustParsePrefix("10.88.0.2/24")); err != nil {
+		t.Fatal(err)
 	}
 	return server, peer
 }
 
 // hping sends n spoofed SYNs from peer to addr, inside the test's namespaces.
-func hping(t *testing.T, peer *netns.NS, addr netip.AddrPort, n int) {
+func hping(t *testing.T, peer *netnstest.NS, addr netip.AddrPort, n int) {
 	t.Helper()
 	if _, err := exec.LookPath("hping3"); err != nil {
 		t.Fatal("hping3 missing: run scripts/install-deps.sh")
@@ -196,7 +187,7 @@ func TestSYNQueueOverflow(t *testing.T) {
 			unix.Close(fd) // stops them
 			after, _ := server.Netstat()
 			l := listener(t, key)
-			d := netns.Delta(before, after, "TcpExt.TCPReqQFullDrop", "TcpExt.ListenDrops",
+			d := netnstest.Delta(before, after, "TcpExt.TCPReqQFullDrop", "TcpExt.ListenDrops",
 				"TcpExt.SyncookiesSent", "TcpExt.TCPReqQFullDoCookies", "TcpExt.TCPSynRetrans")
 			t.Logf("kernel %v; listenwatch syns %d synq drops %d drops %d cookies %d synack retransmits %d",
 				d, l.SYNs, l.Drops[3], l.TotalDrops(), l.CookiesSent, l.SynackRetrans)
@@ -255,7 +246,7 @@ func TestAcceptEMFILE(t *testing.T) {
 	if pid == 0 {
 		t.Fatal("helper server did not start")
 	}
-	doc := diagnose.New(tracer, time.Minute, zerolog.Nop())
+	doc := diagnose.New(tracer, procfs.FS{}, time.Minute, zerolog.Nop())
 	doc.Step()
 	fds := connectNonBlocking(t, ns, addr, 50)
 	defer closeAll(fds)

@@ -18,7 +18,8 @@ import (
 
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/exporter"
-	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/internal/netnstest"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -90,7 +91,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "open tracer: %v\n", err)
 		os.Exit(1)
 	}
-	collector = exporter.New(tracer, log)
+	collector = exporter.New(tracer, procfs.FS{}, log)
 	registry = prometheus.NewRegistry()
 	registry.MustRegister(collector)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -114,9 +115,9 @@ func TestMain(m *testing.M) {
 var nsSeq atomic.Uint32
 
 // newNS creates a namespace that is deleted when the test ends.
-func newNS(t testing.TB) *netns.NS {
+func newNS(t testing.TB) *netnstest.NS {
 	t.Helper()
-	ns, err := netns.Create(fmt.Sprintf("lwt-%d-%d", os.Getpid(), nsSeq.Add(1)))
+	ns, err := netnstest.Create(fmt.Sprintf("lwt-%d-%d", os.Getpid(), nsSeq.Add(1)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +127,7 @@ func newNS(t testing.TB) *netns.NS {
 
 // listen opens a plain TCP listener with an exact listen() backlog inside
 // ns (Go's net.Listen always asks for somaxconn).
-func listen(t testing.TB, ns *netns.NS, addr netip.AddrPort, backlog int) int {
+func listen(t testing.TB, ns *netnstest.NS, addr netip.AddrPort, backlog int) int {
 	t.Helper()
 	var fd int
 	err := ns.Do(func() error {
@@ -172,7 +173,7 @@ func acceptOne(fd int) (netip.AddrPort, time.Time, int, error) {
 
 // dial connects from inside ns and returns the connection and the moment
 // connect() returned.
-func dial(ns *netns.NS, to netip.AddrPort) (net.Conn, time.Time, error) {
+func dial(ns *netnstest.NS, to netip.AddrPort) (net.Conn, time.Time, error) {
 	var (
 		c  net.Conn
 		at time.Time
@@ -189,7 +190,7 @@ func dial(ns *netns.NS, to netip.AddrPort) (net.Conn, time.Time, error) {
 // dialTimed is dial with both ends of connect() on the kernel's clock
 // (CLOCK_MONOTONIC, which BPF's ktime is): what the kernel reports of this
 // connection's handshake happened after the first.
-func dialTimed(ns *netns.NS, to netip.AddrPort) (c net.Conn, begun, done time.Duration, err error) {
+func dialTimed(ns *netnstest.NS, to netip.AddrPort) (c net.Conn, begun, done time.Duration, err error) {
 	err = ns.Do(func() error {
 		var err error
 		begun = mono()

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
-	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/internal/netnstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +19,7 @@ import (
 // kernel owns: it completes handshakes exactly when the test says, and
 // nothing answers the server's SYN-ACKs behind its back.
 type rawPeer struct {
-	ns      *netns.NS
+	ns      *netnstest.NS
 	src     netip.Addr
 	sendFD  int // raw IP socket, IP_HDRINCL
 	recvFD  int // packet socket on the peer's veth
@@ -32,7 +32,7 @@ type rawPeer struct {
 // veth: the server reaches it through a static neighbour entry, the peer
 // namespace (forwarding off) drops what it receives, and a packet socket
 // there reads the SYN-ACKs.
-func newRawPeer(t *testing.T, server, peer *netns.NS, srv netip.AddrPort) *rawPeer {
+func newRawPeer(t *testing.T, server, peer *netnstest.NS, srv netip.AddrPort) *rawPeer {
 	veth := fmt.Sprintf("lwv%d", server.Inode%100000)
 	out, err := exec.Command("ip", "-n", peer.Name, "-o", "link", "show", veth+"b").CombinedOutput()
 	if err != nil {
@@ -218,7 +218,7 @@ func TestOverflowAfterTheSYN(t *testing.T) {
 				}
 			}
 			after, _ := server.Netstat()
-			d := netns.Delta(before, after, "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv")
+			d := netnstest.Delta(before, after, "TcpExt.ListenOverflows", "TcpExt.ListenDrops", "TcpExt.SyncookiesSent", "TcpExt.SyncookiesRecv")
 			l := listener(t, key)
 			t.Logf("kernel %v; listenwatch overflows syn %d ack %d cookie-ack %d, drops %d, cookies sent %d, handshakes %d",
 				d, l.Drops[events.DropAcceptQueueSYN], l.Drops[events.DropAcceptQueueACK], l.Drops[events.DropAcceptQueueCookieACK],

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 )
 
 // Config is everything the loader can be told. The zero value of a field
@@ -26,6 +27,9 @@ type Config struct {
 	// PollInterval is how often the reader drains the ring buffer when the
 	// kernel has not woken it.
 	PollInterval time.Duration
+	// Proc is where /proc is read (kallsyms, existing listeners and their
+	// owners); the zero value is /proc.
+	Proc procfs.FS
 	// WakeupBytes: the kernel wakes the reader only once this much is
 	// waiting, so a busy listener does not pay a wake-up per connection.
 	WakeupBytes uint32

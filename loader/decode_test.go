@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,28 +88,47 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
-func TestParseProcTCP(t *testing.T) {
-	v4 := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 100 0 0 10 0
-`
-	ls, err := parseProcTCP(v4, 7)
+// fixtures is a /proc tree in testdata: the readers run on it as on /proc.
+var fixtures = procfs.New("testdata/proc")
+
+func TestReadProcTCP(t *testing.T) {
+	ls, err := readProcTCP(fixtures.Path("net", "tcp"), 7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ls) != 1 || ls[0].inode != 12345 || ls[0].key.Port != 8080 || ls[0].key.Family != unix.AF_INET ||
-		ls[0].key.Addr != [16]byte{127, 0, 0, 1} || ls[0].key.Netns != 7 {
+	// Only LISTEN (0A) lines; an established one is skipped.
+	if len(ls) != 2 || ls[0].inode != 12345 || ls[0].key.Port != 8080 || ls[0].key.Family != unix.AF_INET ||
+		ls[0].key.Addr != [16]byte{127, 0, 0, 1} || ls[0].key.Netns != 7 || ls[1].key.Port != 22 || ls[1].key.Addr != [16]byte{} {
 		t.Fatalf("got %+v", ls)
 	}
-	v6 := `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 100 0 0 10 0
-`
-	ls, err = parseProcTCP(v6, 7)
+	ls, err = readProcTCP(fixtures.Path("net", "tcp6"), 7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ls) != 1 || netip.AddrFrom16(ls[0].key.Addr) != netip.IPv6Loopback() || ls[0].key.Port != 80 {
+	if len(ls) != 1 || netip.AddrFrom16(ls[0].key.Addr) != netip.IPv6Loopback() || ls[0].key.Port != 80 || ls[0].inode != 999 {
 		t.Fatalf("got %+v", ls)
+	}
+}
+
+func TestSymbolRange(t *testing.T) {
+	lo, hi, err := symbolRange(fixtures.Path("kallsyms"), "tcp_rcv_state_process")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The .cold part at the same address is not the next symbol.
+	if lo != 0xffffffff81a0b2c0 || hi != 0xffffffff81a0c9a0 {
+		t.Fatalf("range %#x-%#x", lo, hi)
+	}
+	if _, _, err := symbolRange(fixtures.Path("kallsyms"), "tcp_nope"); err == nil {
+		t.Fatal("a missing symbol was found")
+	}
+}
+
+func TestSocketOwners(t *testing.T) {
+	ls := []procListener{{inode: 12345}, {inode: 999}, {inode: 31337}}
+	owners := socketOwners(ls, fixtures)
+	if len(owners) != 2 || owners[12345] != 4242 || owners[999] != 4242 {
+		t.Fatalf("owners %v", owners)
 	}
 }
 

@@ -115,7 +115,7 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 		ev.Msg(msg)
 	}
 
-	n, err := seedListeners(t.maps[bpfMapLwListeners])
+	n, err := seedListeners(t.maps[bpfMapLwListeners], cfg.Proc)
 	if err != nil {
 		// Listeners opened later are still seen; older ones show up on
 		// their first accept.
@@ -192,7 +192,7 @@ func (t *Tracer) attach(c candidate, consts map[string]any) (names []string, err
 		}
 	}
 	if c.prepare != nil {
-		if err := c.prepare(spec); err != nil {
+		if err := c.prepare(spec, t.cfg.Proc); err != nil {
 			return nil, err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/listenwatch/listenwatch/internal/netns"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,8 +25,8 @@ type procListener struct {
 // seedListeners registers the listeners that existed before the agent
 // started: the kernel reports listen() only as it happens. Every network
 // namespace in use by a process is read once.
-func seedListeners(m *ebpf.Map) (int, error) {
-	pids, err := filepath.Glob("/proc/[0-9]*")
+func seedListeners(m *ebpf.Map, proc procfs.FS) (int, error) {
+	pids, err := filepath.Glob(proc.Path("[0-9]*"))
 	if err != nil {
 		return 0, err
 	}
@@ -53,7 +54,7 @@ func seedListeners(m *ebpf.Map) (int, error) {
 	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
 		paths, _ := filepath.Glob(filepath.Join(dir, "*"))
 		for _, p := range paths {
-			ls, ns, err := readNamedNetns(p, seen)
+			ls, ns, err := readNamedNetns(p, seen, proc)
 			if err != nil || ls == nil {
 				continue
 			}
@@ -62,7 +63,7 @@ func seedListeners(m *ebpf.Map) (int, error) {
 		}
 	}
 
-	owners := socketOwners(found)
+	owners := socketOwners(found, proc)
 	vals := map[bpfLwListenerKey]*bpfLwListenerStats{}
 	for _, l := range found {
 		v := vals[l.key]
@@ -73,7 +74,7 @@ func seedListeners(m *ebpf.Map) (int, error) {
 		v.Sockets++
 		if pid, ok := owners[l.inode]; ok && v.Pid == 0 {
 			v.Pid = uint32(pid)
-			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			comm, _ := os.ReadFile(proc.PID(uint32(pid), "comm"))
 			for i, c := range []byte(strings.TrimSpace(string(comm))) {
 				if i == len(v.Comm)-1 {
 					break
@@ -165,14 +166,14 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 
 // readNamedNetns reads the listeners of a namespace bind-mounted at path,
 // unless its inode is in skip.
-func readNamedNetns(path string, skip map[uint64]bool) ([]procListener, uint64, error) {
+func readNamedNetns(path string, skip map[uint64]bool, proc procfs.FS) ([]procListener, uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil || skip[st.Ino] {
 		return nil, 0, err
 	}
 	var out []procListener
 	err := netns.Enter(path, func() error {
-		for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+		for _, f := range []string{proc.Path("thread-self", "net", "tcp"), proc.Path("thread-self", "net", "tcp6")} {
 			if ls, err := readProcTCP(f, uint32(st.Ino)); err == nil {
 				out = append(out, ls...)
 			}

@@ -6,6 +6,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/rs/zerolog"
 )
 
@@ -37,7 +38,7 @@ type candidate struct {
 	mode   events.Mode
 	probes []probe
 	// prepare sets the variables a mode needs before its programs load.
-	prepare func(*ebpf.CollectionSpec) error
+	prepare func(*ebpf.CollectionSpec, procfs.FS) error
 }
 
 func tracing(p *ebpf.Program) (link.Link, error) {
@@ -210,14 +211,14 @@ func forcedModeApplies(d stageDef, cfg Config) bool {
 	return cfg.Mode != events.ModeAuto && d.stage != events.StageRegistry && !d.auxiliary
 }
 
-func setConst(name string, v any) func(*ebpf.CollectionSpec) error {
-	return func(spec *ebpf.CollectionSpec) error { return spec.Variables[name].Set(v) }
+func setConst(name string, v any) func(*ebpf.CollectionSpec, procfs.FS) error {
+	return func(spec *ebpf.CollectionSpec, _ procfs.FS) error { return spec.Variables[name].Set(v) }
 }
 
 // prepareConsume gives lw_tp_consume the address range of
 // tcp_rcv_state_process: only consume_skb calls from there are listener SYNs.
-func prepareConsume(spec *ebpf.CollectionSpec) error {
-	lo, hi, err := symbolRange("/proc/kallsyms", "tcp_rcv_state_process")
+func prepareConsume(spec *ebpf.CollectionSpec, proc procfs.FS) error {
+	lo, hi, err := symbolRange(proc.Path("kallsyms"), "tcp_rcv_state_process")
 	if err != nil {
 		return err
 	}

@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -119,6 +121,16 @@ func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.Fla
 	fs.Func("conn-table-size", "connections tracked between handshake and accept, LRU (default 32768)", uintFlag(&cfg.Loader.ConnTableSize))
 	fs.Func("listener-table-size", "listeners tracked, LRU (default 4096)", uintFlag(&cfg.Loader.ListenerTableSize))
 	fs.DurationVar(&cfg.DiagnosisInterval, "diagnosis-interval", time.Minute, "how often drops and accept failures are turned into a logged cause and knob (also at /diagnosis)")
+	fs.Func("path.procfs", "where the host's /proc is mounted (a DaemonSet mounts it at e.g. /host/proc) (default /proc)", func(v string) error {
+		if st, err := os.Stat(v); err != nil || !st.IsDir() {
+			return fmt.Errorf("not a directory")
+		}
+		if _, err := os.Stat(filepath.Join(v, "self", "status")); err != nil {
+			return fmt.Errorf("no procfs there (%s/self/status missing)", v)
+		}
+		cfg.Loader.Proc = procfs.New(v)
+		return nil
+	})
 	fs.DurationVar(&cfg.Loader.PollInterval, "poll-interval", loader.DefaultPollInterval, "how often the ring buffer is drained when the kernel has not woken the reader")
 	return fs
 }

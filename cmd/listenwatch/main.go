@@ -58,8 +58,8 @@ func run(cfg Config) error {
 	}
 	defer tracer.Close()
 
-	collector := exporter.New(tracer, log.With().Str("component", "exporter").Logger())
-	doctor := diagnose.New(tracer, cfg.DiagnosisInterval, log.With().Str("component", "diagnose").Logger())
+	collector := exporter.New(tracer, cfg.Loader.Proc, log.With().Str("component", "exporter").Logger())
+	doctor := diagnose.New(tracer, cfg.Loader.Proc, cfg.DiagnosisInterval, log.With().Str("component", "diagnose").Logger())
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector, doctor, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
