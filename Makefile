@@ -6,7 +6,7 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest
 
-.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean
+.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz
 
 all: build
 
@@ -20,7 +20,7 @@ run: build
 # The whole suite, as CI runs it: tool install, generated code check, unit
 # and integration tests against this kernel (root), then the kernel matrix
 # on Debian's 6.1 LTS and newest backports kernels under qemu.
-test: deps generate-check vet
+test: deps generate-check vet fuzz
 	$(GO) test -count=1 -p 1 ./...
 	VMTEST_KERNELS="6.1 newest" ./scripts/vmtest.sh
 
@@ -67,3 +67,12 @@ vmtest:
 
 clean:
 	rm -rf bin
+
+# Every fuzz target (found in the sources, not listed by hand) for a fixed
+# number of inputs each (FUZZN): a count, not a duration, so a loaded
+# machine takes longer instead of failing. Inputs that fail are kept by Go
+# under the package's testdata/fuzz and replayed by every `go test`.
+FUZZN ?= 20000x
+
+fuzz:
+	FUZZN=$(FUZZN) GO=$(GO) ./scripts/fuzz.sh

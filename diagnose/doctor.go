@@ -2,6 +2,7 @@ package diagnose
 
 import (
 	"bufio"
+	"io"
 	"context"
 	"fmt"
 	"net/http"
@@ -211,13 +212,20 @@ func readNofile(path string) int64 {
 		return -1
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	return parseNofile(f)
+}
+
+// parseNofile is readNofile on the text of /proc/PID/limits; -1 when the
+// line is missing or unreadable ("unlimited" is not a number of fds).
+func parseNofile(r io.Reader) int64 {
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "Max open files"); ok {
 			fields := strings.Fields(rest)
 			if len(fields) > 0 {
-				if v, err := strconv.ParseInt(fields[0], 10, 64); err == nil {
-					return v
+				// Unsigned: a limit is never negative.
+				if v, err := strconv.ParseUint(fields[0], 10, 63); err == nil {
+					return int64(v)
 				}
 			}
 		}

@@ -3,6 +3,7 @@ package loader
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -16,8 +17,17 @@ func symbolRange(path, name string) (lo, hi uint64, err error) {
 		return 0, 0, err
 	}
 	defer f.Close()
+	lo, hi, err = parseSymbolRange(f, name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return lo, hi, nil
+}
+
+// parseSymbolRange is symbolRange on the text of /proc/kallsyms.
+func parseSymbolRange(r io.Reader, name string) (lo, hi uint64, err error) {
 	var addrs []uint64
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		// "ffffffff81a0b2c0 T tcp_rcv_state_process"
 		line := sc.Text()
@@ -35,10 +45,10 @@ func symbolRange(path, name string) (lo, hi uint64, err error) {
 		addrs = append(addrs, a)
 	}
 	if err := sc.Err(); err != nil {
-		return 0, 0, fmt.Errorf("read %s: %w", path, err)
+		return 0, 0, err
 	}
 	if lo == 0 {
-		return 0, 0, fmt.Errorf("%s: no address for %s (kernel.kptr_restrict hides addresses from this user?)", path, name)
+		return 0, 0, fmt.Errorf("no address for %s (kernel.kptr_restrict hides addresses from this user?)", name)
 	}
 	for _, a := range addrs {
 		if a > lo && (hi == 0 || a < hi) {
@@ -46,7 +56,7 @@ func symbolRange(path, name string) (lo, hi uint64, err error) {
 		}
 	}
 	if hi == 0 {
-		return 0, 0, fmt.Errorf("%s: no symbol after %s", path, name)
+		return 0, 0, fmt.Errorf("no symbol after %s", name)
 	}
 	return lo, hi, nil
 }
