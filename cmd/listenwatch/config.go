@@ -15,13 +15,13 @@ import (
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/listenwatch/listenwatch/loader"
+	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	readHeaderTimeout = 10 * time.Second
-	shutdownTimeout   = 5 * time.Second
+	shutdownTimeout = 5 * time.Second
 	// DefaultMetricsAddr is documented in the README.
 	DefaultMetricsAddr = ":9810"
 )
@@ -30,8 +30,11 @@ const (
 type Config struct {
 	MetricsAddr string
 	MetricsPath string
-	LogLevel    zerolog.Level
-	LogFormat   string // auto, console, json
+	// WebConfigFile is the exporter-toolkit web configuration (TLS, basic
+	// auth); "" serves plain HTTP.
+	WebConfigFile string
+	LogLevel      zerolog.Level
+	LogFormat     string // auto, console, json
 	// DiagnosisInterval is how often drops are turned into hints.
 	DiagnosisInterval time.Duration
 	Loader            loader.Config
@@ -95,10 +98,13 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 	}
 	cfg.Loader.Disabled = disabled
 	if _, _, err := net.SplitHostPort(cfg.MetricsAddr); err != nil {
-		return cfg, fmt.Errorf("--metrics-addr %q: %v", cfg.MetricsAddr, err)
+		return cfg, fmt.Errorf("--web.listen-address %q: %v", cfg.MetricsAddr, err)
 	}
 	if !strings.HasPrefix(cfg.MetricsPath, "/") {
-		return cfg, fmt.Errorf("--metrics-path %q: must start with /", cfg.MetricsPath)
+		return cfg, fmt.Errorf("--web.telemetry-path %q: must start with /", cfg.MetricsPath)
+	}
+	if err := web.Validate(cfg.WebConfigFile); err != nil {
+		return cfg, fmt.Errorf("--web.config.file %s: %s", cfg.WebConfigFile, strings.Join(strings.Fields(err.Error()), " "))
 	}
 	if cfg.DiagnosisInterval < time.Second {
 		return cfg, fmt.Errorf("--diagnosis-interval %v: must be at least 1s", cfg.DiagnosisInterval)
@@ -111,8 +117,11 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 
 func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.FlagSet {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "address to serve metrics on")
-	fs.StringVar(&cfg.MetricsPath, "metrics-path", "/metrics", "HTTP path of the metrics")
+	fs.StringVar(&cfg.MetricsAddr, "web.listen-address", DefaultMetricsAddr, "address to serve metrics, /diagnosis and /healthz on")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", DefaultMetricsAddr, "the same as --web.listen-address (older name)")
+	fs.StringVar(&cfg.MetricsPath, "web.telemetry-path", "/metrics", "HTTP path of the metrics")
+	fs.StringVar(&cfg.MetricsPath, "metrics-path", "/metrics", "the same as --web.telemetry-path (older name)")
+	fs.StringVar(&cfg.WebConfigFile, "web.config.file", "", "exporter-toolkit web configuration: TLS and basic auth, as node_exporter's (empty: plain HTTP)")
 	fs.StringVar(level, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "auto", "auto (console on a terminal, else JSON), console or json")
 	fs.StringVar(mode, "hook-mode", string(events.ModeAuto), "how to attach every stage: "+events.ModesNames()+"; a forced mode that cannot attach is an error")

@@ -21,6 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// maxScrapesInFlight bounds concurrent /metrics collections.
+const maxScrapesInFlight = 8
+
 func main() {
 	cfg, err := parseArgs(os.Args[1:], os.Stdout)
 	if errors.Is(err, errHelp) {
@@ -85,13 +88,21 @@ func run(cfg Config) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("/diagnosis", doctor)
-	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		// Scrapes beyond this wait for none: a 503, not a pile of
+		// concurrent collections.
+		MaxRequestsInFlight: maxScrapesInFlight,
+	}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "listenwatch: metrics at %s, diagnosis at /diagnosis\n", cfg.MetricsPath)
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout}
+	srv := newHTTPServer(mux, defaultTimeouts)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- serveHTTP(ln, srv, cfg.WebConfigFile, log.With().Str("component", "web").Logger()) }()
 	log.Info().Str("addr", ln.Addr().String()).Str("path", cfg.MetricsPath).Msg("serving metrics")
 
 	select {
