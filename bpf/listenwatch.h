@@ -41,6 +41,7 @@ struct lw_listener_stats {
 	__u64 synack_retrans; /* SYN-ACKs retransmitted */
 	__u64 accept_errors[LW_AERR_MAX];
 	__u64 sk;             /* a listening socket of this identity, for queue reads */
+	__u64 closed_at;      /* ns, CLOCK_MONOTONIC: when the last socket closed; 0 while open */
 	__u32 last_drops;     /* the listener's sk_drops at the last SYN or drop seen */
 	__u32 last_qlen;      /* its SYN-queue length at the last SYN seen */
 	__u32 pid;        /* process that called listen() or accept() */

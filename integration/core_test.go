@@ -668,3 +668,44 @@ func TestClosedListenerDoesNotCapture(t *testing.T) {
 			before.SYNs, after.SYNs, before.Handshakes, after.Handshakes, before.Accepted, after.Accepted)
 	}
 }
+
+// TestClosedListenerForgotten: a closed listener's entry stays for the
+// retention (its final counters are scraped), then is forgotten; an open
+// listener beside it stays. Churn cannot fill the registry.
+func TestClosedListenerForgotten(t *testing.T) {
+	tr := openTracer(t, loader.Config{ClosedRetention: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, func(*events.Conn) {}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	ns := newNS(t)
+	closed, open := netip.MustParseAddrPort("127.0.0.1:9003"), netip.MustParseAddrPort("127.0.0.1:9004")
+	cfd := listen(t, ns, closed, 8)
+	listen(t, ns, open, 8)
+	ck := events.ListenerKey{Netns: ns.Inode, Addr: closed.Addr(), Port: closed.Port()}
+	ok := events.ListenerKey{Netns: ns.Inode, Addr: open.Addr(), Port: open.Port()}
+	if _, found := lookup(t, tr, ck); !found {
+		t.Fatal("listener not registered")
+	}
+	unix.Close(cfd)
+	closedAt := time.Now()
+	// Still there right after the close: its final counters are readable.
+	if l, found := lookup(t, tr, ck); !found || l.Sockets != 0 {
+		t.Fatalf("right after close: found %v, sockets %d", found, l.Sockets)
+	}
+	eventually(t, settle, func() (bool, string) {
+		_, found := lookup(t, tr, ck)
+		return !found, fmt.Sprintf("closed listener still registered %v after its close", time.Since(closedAt).Round(time.Millisecond))
+	})
+	if d := time.Since(closedAt); d < time.Second {
+		t.Errorf("forgotten after %v, before the 1s retention", d)
+	}
+	if l, found := lookup(t, tr, ok); !found || l.Sockets != 1 {
+		t.Errorf("the open listener: found %v sockets %d", found, l.Sockets)
+	}
+}

@@ -102,6 +102,7 @@ type bpfLwListenerStats struct {
 	SynackRetrans uint64
 	AcceptErrors  [2]uint64
 	Sk            uint64
+	ClosedAt      uint64
 	LastDrops     uint32
 	LastQlen      uint32
 	Pid           uint32

@@ -27,6 +27,9 @@ type Config struct {
 	// PollInterval is how often the reader drains the ring buffer when the
 	// kernel has not woken it.
 	PollInterval time.Duration
+	// ClosedRetention is how long a closed listener's entry (and its final
+	// counters) stays after its last socket closed.
+	ClosedRetention time.Duration
 	// Proc is where /proc is read (kallsyms, existing listeners and their
 	// owners); the zero value is /proc.
 	Proc procfs.FS
@@ -40,6 +43,7 @@ const (
 	DefaultConnTableSize     = 32768
 	DefaultListenerTableSize = 4096
 	DefaultPollInterval      = 100 * time.Millisecond
+	DefaultClosedRetention   = 5 * time.Minute
 )
 
 func (c Config) withDefaults() Config {
@@ -58,6 +62,9 @@ func (c Config) withDefaults() Config {
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
 	}
+	if c.ClosedRetention == 0 {
+		c.ClosedRetention = DefaultClosedRetention
+	}
 	if c.WakeupBytes == 0 {
 		c.WakeupBytes = c.RingbufSize / 4
 	}
@@ -75,6 +82,9 @@ func (c Config) Validate() error {
 	}
 	if c.WakeupBytes > c.RingbufSize {
 		return fmt.Errorf("wake-up threshold %d is larger than the ring buffer (%d)", c.WakeupBytes, c.RingbufSize)
+	}
+	if c.ClosedRetention < time.Second {
+		return fmt.Errorf("closed-listener retention %v: must be at least 1s (longer than a scrape interval, or final counters are lost)", c.ClosedRetention)
 	}
 	if c.PollInterval < time.Millisecond {
 		return fmt.Errorf("poll interval %v: must be at least 1ms", c.PollInterval)

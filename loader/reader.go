@@ -73,6 +73,11 @@ func listenerKey(k *bpfLwListenerKey) events.ListenerKey {
 func (t *Tracer) Run(ctx context.Context, sink func(*events.Conn)) error {
 	stop := context.AfterFunc(ctx, func() { t.reader.Close() })
 	defer stop()
+	// The sweeper ends before Run returns: nothing touches the maps after.
+	sweepCtx, endSweep := context.WithCancel(ctx)
+	swept := make(chan struct{})
+	go func() { defer close(swept); t.sweep(sweepCtx) }()
+	defer func() { endSweep(); <-swept }()
 
 	// Most records are submitted without a wake-up (see submit() in the
 	// BPF code): the reader drains on a deadline, and is woken early only

@@ -34,8 +34,10 @@ static __always_inline void listener_down(const struct sock *sk)
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
 	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
-	if (st && st->sockets > 0)
-		__sync_fetch_and_add(&st->sockets, -1);
+	/* The last socket closing starts the entry's retention: user space
+	 * forgets it once its final counters have been read for a while. */
+	if (st && st->sockets > 0 && __sync_fetch_and_add(&st->sockets, -1) == 1)
+		st->closed_at = bpf_ktime_get_ns();
 	if (st && st->sk == (__u64)sk)
 		st->sk = 0; /* never read a freed socket's queues */
 }

@@ -140,6 +140,7 @@ func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.Fla
 		cfg.Loader.Proc = procfs.New(v)
 		return nil
 	})
+	fs.DurationVar(&cfg.Loader.ClosedRetention, "closed-listener-retention", loader.DefaultClosedRetention, "how long a closed listener's final counters stay exported before it is forgotten")
 	fs.DurationVar(&cfg.Loader.PollInterval, "poll-interval", loader.DefaultPollInterval, "how often the ring buffer is drained when the kernel has not woken the reader")
 	return fs
 }
