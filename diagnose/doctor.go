@@ -2,9 +2,9 @@ package diagnose
 
 import (
 	"bufio"
-	"io"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
