@@ -6,7 +6,7 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest
 
-.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz
+.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak
 
 all: build
 
@@ -76,3 +76,9 @@ FUZZN ?= 20000x
 
 fuzz:
 	FUZZN=$(FUZZN) GO=$(GO) ./scripts/fuzz.sh
+
+# The soak: LISTENWATCH_SOAK (10m) of listener churn, connection storms,
+# overflows and SYN floods with an agent restart halfway; counts exact,
+# nothing left behind, RSS flat. Not part of make test.
+soak: deps
+	$(GO) test -tags soak -count=1 -v -timeout 60m -run '^TestSoak$$' ./integration/

@@ -709,3 +709,39 @@ func TestClosedListenerForgotten(t *testing.T) {
 		t.Errorf("the open listener: found %v sockets %d", found, l.Sockets)
 	}
 }
+
+// TestUnacceptedChildrenForgotten: connections that die in the accept
+// queue (here: the listener closes with 5 queued) leave nothing in the
+// handshake -> accept table. Before, they stayed until the LRU evicted
+// them (found by the soak).
+func TestUnacceptedChildrenForgotten(t *testing.T) {
+	need(t, events.StageHandshake)
+	ns := newNS(t)
+	addr := netip.MustParseAddrPort("127.0.0.1:9005")
+	fd := listen(t, ns, addr, 8)
+	base := mapEntries(t, "lw_conns")
+	var conns []net.Conn
+	for range 5 {
+		c, _, err := dial(ns, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	eventually(t, settle, func() (bool, string) {
+		n := mapEntries(t, "lw_conns")
+		return n >= base+5, fmt.Sprintf("connection table %d entries, want %d + the 5 queued", n, base)
+	})
+	queued := mapEntries(t, "lw_conns")
+	unix.Close(fd) // the queued children are reset
+	eventually(t, settle, func() (bool, string) {
+		n := mapEntries(t, "lw_conns")
+		return n <= base, fmt.Sprintf("connection table %d entries after the close, was %d before the 5 queued", n, base)
+	})
+	t.Logf("connection table: %d before, %d with 5 queued, %d after the close", base, queued, mapEntries(t, "lw_conns"))
+}

@@ -63,6 +63,19 @@ static __always_inline void child_established(const struct sock *sk)
 	handshake_done((__u64)sk, &k, t_synack, now, flags, NULL, true);
 }
 
+/* A child that dies in the accept queue (its listener closed, or the client
+ * reset it) is never accepted: its timeline would stay in lw_conns until
+ * evicted. Only a child that was never accepted has no struct socket;
+ * accepted sockets closing (which keep theirs until orphaned) cost one
+ * load here. */
+static __always_inline void child_closed(const struct sock *sk)
+{
+	if (sk->sk_socket)
+		return;
+	__u64 key = (__u64)sk;
+	bpf_map_delete_elem(&lw_conns, &key);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int newstate)
 {
@@ -77,6 +90,8 @@ int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int n
 		what = 2;
 	else if (cfg_tp_handshake && oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
 		what = 3;
+	else if (newstate == TCP_CLOSE && (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT))
+		what = 4;
 	else
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
@@ -85,8 +100,10 @@ int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int n
 		listener_up(sk);
 	else if (what == 2)
 		listener_down(sk);
-	else
+	else if (what == 3)
 		child_established(sk);
+	else
+		child_closed(sk);
 	return 0;
 }
 
