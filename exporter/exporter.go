@@ -322,3 +322,14 @@ func (c *Collector) evict(ls []events.Listener, valid bool) {
 // Listeners reports how many listeners have histogram state: bounded by
 // the kernel's registry, whatever the traffic.
 func (c *Collector) Listeners() int { return len(*c.listeners.Load()) }
+
+// ListenersIn is Listeners for one network namespace.
+func (c *Collector) ListenersIn(netns uint32) int {
+	n := 0
+	for k := range *c.listeners.Load() {
+		if k.Netns == netns {
+			n++
+		}
+	}
+	return n
+}

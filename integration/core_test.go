@@ -719,7 +719,15 @@ func TestUnacceptedChildrenForgotten(t *testing.T) {
 	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:9005")
 	fd := listen(t, ns, addr, 8)
-	base := mapEntries(t, "lw_conns")
+	pending := func() int {
+		t.Helper()
+		p, err := tracer.PendingByNetns()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p[ns.Inode]
+	}
+	base := pending()
 	var conns []net.Conn
 	for range 5 {
 		c, _, err := dial(ns, addr)
@@ -734,14 +742,14 @@ func TestUnacceptedChildrenForgotten(t *testing.T) {
 		}
 	}()
 	eventually(t, settle, func() (bool, string) {
-		n := mapEntries(t, "lw_conns")
+		n := pending()
 		return n >= base+5, fmt.Sprintf("connection table %d entries, want %d + the 5 queued", n, base)
 	})
-	queued := mapEntries(t, "lw_conns")
+	queued := pending()
 	unix.Close(fd) // the queued children are reset
 	eventually(t, settle, func() (bool, string) {
-		n := mapEntries(t, "lw_conns")
+		n := pending()
 		return n <= base, fmt.Sprintf("connection table %d entries after the close, was %d before the 5 queued", n, base)
 	})
-	t.Logf("connection table: %d before, %d with 5 queued, %d after the close", base, queued, mapEntries(t, "lw_conns"))
+	t.Logf("connection table (this namespace): %d before, %d with 5 queued, %d after the close", base, queued, pending())
 }

@@ -122,3 +122,22 @@ func (t *Tracer) ProgramIDs() ([]ebpf.ProgramID, error) {
 	}
 	return ids, nil
 }
+
+// PendingByNetns counts, per network namespace, the connections whose
+// handshake completed and that were not accepted yet (the join table):
+// what a namespace holds in the kernel's bounded table.
+func (t *Tracer) PendingByNetns() (map[uint32]int, error) {
+	var (
+		k   uint64
+		v   bpfLwConn
+		out = map[uint32]int{}
+	)
+	it := t.maps[bpfMapLwConns].Iterate()
+	for it.Next(&k, &v) {
+		out[v.Listener.Netns]++
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read connection table: %w", err)
+	}
+	return out, nil
+}
