@@ -72,12 +72,13 @@ struct {
 	__type(value, __u64);
 } lw_counters SEC(".maps");
 
-/* Enums appear in BTF only when a typed object uses them: anchors so
+/* Types appear in BTF only when a typed object uses them: anchors so
  * that bpf2go emits their constants. */
 const enum lw_counter *unused_counter __attribute__((unused));
 const enum lw_flag *unused_flag __attribute__((unused));
 const enum lw_drop *unused_drop __attribute__((unused));
 const enum lw_accept_err *unused_aerr __attribute__((unused));
+const struct lw_seed *unused_seed __attribute__((unused)); /* written by the iterator, not a map */
 
 /* The pipeline, in order: helpers first, then one header per stage. One
  * object, one generate line (loader/gen.go). */
@@ -89,3 +90,4 @@ const enum lw_accept_err *unused_aerr __attribute__((unused));
 #include "stage/syn.bpf.h"
 #include "stage/drops.bpf.h"
 #include "stage/accept.bpf.h"
+#include "stage/seed.bpf.h"

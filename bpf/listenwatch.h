@@ -83,6 +83,15 @@ struct lw_event {
 	__u16 rport; /* client port, host order */
 };
 
+/* One listening socket found by the seed iterator, written to the
+ * iterator's seq file: the listeners that predate the agent, with the same
+ * fields new ones get from listen(). */
+struct lw_seed {
+	struct lw_listener_key key;
+	__u64 ino;     /* the socket's inode: its owner is the process holding it */
+	__u32 backlog; /* sk_max_ack_backlog */
+};
+
 /* Global counters (per-CPU array), summed by the exporter. */
 enum lw_counter {
 	LW_C_RINGBUF_LOST = 0,        /* bpf_ringbuf_reserve failed: event lost */

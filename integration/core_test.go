@@ -753,3 +753,41 @@ func TestUnacceptedChildrenForgotten(t *testing.T) {
 	})
 	t.Logf("connection table (this namespace): %d before, %d with 5 queued, %d after the close", base, queued, pending())
 }
+
+// TestSeededListeners: listeners that existed before the agent started
+// are registered with what new ones get: backlog, owner, and every socket
+// of an SO_REUSEPORT group.
+func TestSeededListeners(t *testing.T) {
+	ns := newNS(t)
+	addr := netip.MustParseAddrPort("127.0.0.1:9006")
+	listen(t, ns, addr, 77)
+	var group []int
+	grouped := netip.MustParseAddrPort("127.0.0.1:9007")
+	for range 2 {
+		err := ns.Do(func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			group = append(group, fd)
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(grouped.Port()), Addr: grouped.Addr().As4()}); err != nil {
+				return err
+			}
+			return unix.Listen(fd, 33)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer closeAll(group)
+	tr := openTracer(t, loader.Config{}) // starts after the listeners
+	l, ok := lookup(t, tr, events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()})
+	if !ok || l.Sockets != 1 || l.Backlog != 77 || l.PID != uint32(os.Getpid()) {
+		t.Errorf("seeded listener: found %v, %+v; want 1 socket, backlog 77, pid %d", ok, l, os.Getpid())
+	}
+	g, ok := lookup(t, tr, events.ListenerKey{Netns: ns.Inode, Addr: grouped.Addr(), Port: grouped.Port()})
+	if !ok || g.Sockets != 2 || g.Backlog != 33 {
+		t.Errorf("seeded SO_REUSEPORT group: found %v, %+v; want 2 sockets, backlog 33", ok, g)
+	}
+}

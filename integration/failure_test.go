@@ -367,16 +367,6 @@ func vmRSS(t *testing.T) uint64 {
 	return 0
 }
 
-func mapEntries(t *testing.T, name string) int {
-	m := tracer.Map(name)
-	var k, v []byte
-	n := 0
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	return n
-}
 
 // nsTables counts what one namespace holds: registry entries, join-table
 // entries and histogram series.

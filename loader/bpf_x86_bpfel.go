@@ -112,6 +112,14 @@ type bpfLwListenerStats struct {
 	Comm          [16]int8
 }
 
+type bpfLwSeed struct {
+	_       structs.HostLayout
+	Key     bpfLwListenerKey
+	Ino     uint64
+	Backlog uint32
+	_       [4]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -125,6 +133,7 @@ const (
 	bpfProgLwFexitConnRequest = "lw_fexit_conn_request"
 	bpfProgLwFexitSynRecv4    = "lw_fexit_syn_recv4"
 	bpfProgLwFexitSynRecv6    = "lw_fexit_syn_recv6"
+	bpfProgLwIterTcp          = "lw_iter_tcp"
 	bpfProgLwKpAccept         = "lw_kp_accept"
 	bpfProgLwKpConnRequest    = "lw_kp_conn_request"
 	bpfProgLwKpSynRecv4       = "lw_kp_syn_recv4"
@@ -149,6 +158,7 @@ const (
 	bpfVarUnusedCounter       = "unused_counter"
 	bpfVarUnusedDrop          = "unused_drop"
 	bpfVarUnusedFlag          = "unused_flag"
+	bpfVarUnusedSeed          = "unused_seed"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -197,6 +207,7 @@ type bpfProgramSpecs struct {
 	LwFexitConnRequest *ebpf.ProgramSpec `ebpf:"lw_fexit_conn_request"`
 	LwFexitSynRecv4    *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv4"`
 	LwFexitSynRecv6    *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv6"`
+	LwIterTcp          *ebpf.ProgramSpec `ebpf:"lw_iter_tcp"`
 	LwKpAccept         *ebpf.ProgramSpec `ebpf:"lw_kp_accept"`
 	LwKpConnRequest    *ebpf.ProgramSpec `ebpf:"lw_kp_conn_request"`
 	LwKpSynRecv4       *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv4"`
@@ -238,6 +249,7 @@ type bpfVariableSpecs struct {
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedFlag     *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedSeed     *ebpf.VariableSpec `ebpf:"unused_seed"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -291,6 +303,7 @@ type bpfVariables struct {
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedFlag     *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedSeed     *ebpf.Variable `ebpf:"unused_seed"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.
@@ -301,6 +314,7 @@ type bpfPrograms struct {
 	LwFexitConnRequest *ebpf.Program `ebpf:"lw_fexit_conn_request"`
 	LwFexitSynRecv4    *ebpf.Program `ebpf:"lw_fexit_syn_recv4"`
 	LwFexitSynRecv6    *ebpf.Program `ebpf:"lw_fexit_syn_recv6"`
+	LwIterTcp          *ebpf.Program `ebpf:"lw_iter_tcp"`
 	LwKpAccept         *ebpf.Program `ebpf:"lw_kp_accept"`
 	LwKpConnRequest    *ebpf.Program `ebpf:"lw_kp_conn_request"`
 	LwKpSynRecv4       *ebpf.Program `ebpf:"lw_kp_syn_recv4"`
@@ -323,6 +337,7 @@ func (p *bpfPrograms) Close() error {
 		p.LwFexitConnRequest,
 		p.LwFexitSynRecv4,
 		p.LwFexitSynRecv6,
+		p.LwIterTcp,
 		p.LwKpAccept,
 		p.LwKpConnRequest,
 		p.LwKpSynRecv4,

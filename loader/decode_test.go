@@ -148,3 +148,24 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("defaults rejected: %v", err)
 	}
 }
+
+func TestDecodeSeeds(t *testing.T) {
+	a := bpfLwSeed{Key: bpfLwListenerKey{Netns: 5, Port: 80, Family: unix.AF_INET, Addr: [16]byte{127, 0, 0, 1}}, Ino: 42, Backlog: 511}
+	b := bpfLwSeed{Key: bpfLwListenerKey{Netns: 5, Port: 443, Family: unix.AF_INET6}, Ino: 43, Backlog: 128}
+	raw := make([]byte, 2*seedSize)
+	*(*bpfLwSeed)(unsafe.Pointer(&raw[0])) = a
+	*(*bpfLwSeed)(unsafe.Pointer(&raw[seedSize])) = b
+	ls, err := decodeSeeds(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 2 || ls[0].key != a.Key || ls[0].inode != 42 || ls[0].backlog != 511 || ls[1].key.Port != 443 || ls[1].backlog != 128 {
+		t.Fatalf("got %+v", ls)
+	}
+	if _, err := decodeSeeds(raw[:seedSize+3]); err == nil {
+		t.Fatal("a torn record was accepted")
+	}
+	if ls, err := decodeSeeds(nil); err != nil || len(ls) != 0 {
+		t.Fatalf("empty: %v %v", ls, err)
+	}
+}

@@ -115,13 +115,13 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 		ev.Msg(msg)
 	}
 
-	n, err := seedListeners(t.maps[bpfMapLwListeners], cfg.Proc)
+	n, how, err := t.seedListeners()
 	if err != nil {
-		// Listeners opened later are still seen; older ones show up on
-		// their first accept.
-		log.Warn().Err(err).Msg("could not read existing listeners from /proc")
+		// Listeners opened later are still seen; older ones stay
+		// unattributed (counted in unattributed_events_total).
+		log.Warn().Err(err).Msg("could not register the listeners that existed before the start")
 	} else {
-		log.Info().Int("listeners", n).Msg("existing listeners registered")
+		log.Info().Int("listeners", n).Str("read_by", how).Msg("existing listeners registered")
 	}
 
 	t.reader, err = ringbuf.NewReader(t.maps[bpfMapLwEvents])

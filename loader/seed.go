@@ -4,65 +4,173 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/listenwatch/listenwatch/internal/netns"
 	"github.com/listenwatch/listenwatch/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
-// procListener is a listening socket found in /proc.
+// procListener is a listening socket that predates the agent.
 type procListener struct {
-	key   bpfLwListenerKey
-	inode uint64
+	key     bpfLwListenerKey
+	inode   uint64
+	backlog uint32 // 0 when read from /proc text, which does not show it
 }
 
-// seedListeners registers the listeners that existed before the agent
-// started: the kernel reports listen() only as it happens. Every network
-// namespace in use by a process is read once.
-func seedListeners(m *ebpf.Map, proc procfs.FS) (int, error) {
+// netnsPath is one network namespace and a path to enter it by.
+type netnsPath struct {
+	inode uint64
+	path  string // /proc/PID/ns/net or a /run/netns bind mount
+	pid   bool   // path is a process's: its /proc/PID/net files show the namespace
+}
+
+// namespaces lists every network namespace in use, once each: those of
+// processes, then those kept alive by a bind mount alone (ip netns add).
+func namespaces(proc procfs.FS) ([]netnsPath, error) {
 	pids, err := filepath.Glob(proc.Path("[0-9]*"))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	seen := map[uint64]bool{}
-	var found []procListener
+	var out []netnsPath
 	for _, dir := range pids {
-		ns, err := nsInode(filepath.Join(dir, "ns/net"))
-		if err != nil || seen[ns] {
+		p := filepath.Join(dir, "ns", "net")
+		ino, err := nsInode(p)
+		if err != nil || seen[ino] {
 			continue
 		}
-		seen[ns] = true
-		for _, f := range []string{"net/tcp", "net/tcp6"} {
-			ls, err := readProcTCP(filepath.Join(dir, f), uint32(ns))
-			if err != nil && !errors.Is(err, os.ErrNotExist) {
-				continue // the process exited meanwhile
-			}
-			found = append(found, ls...)
-		}
+		seen[ino] = true
+		out = append(out, netnsPath{inode: ino, path: p, pid: true})
 	}
-	if len(seen) == 0 {
-		return 0, errors.New("no readable /proc/<pid>/ns/net")
+	if len(out) == 0 {
+		return nil, errors.New("no readable /proc/<pid>/ns/net")
 	}
-	// Namespaces kept alive by a bind mount alone (ip netns add) have no
-	// process to read them through: enter each on a locked thread.
 	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
 		paths, _ := filepath.Glob(filepath.Join(dir, "*"))
 		for _, p := range paths {
-			ls, ns, err := readNamedNetns(p, seen, proc)
-			if err != nil || ls == nil {
+			var st unix.Stat_t
+			if unix.Stat(p, &st) != nil || seen[st.Ino] {
 				continue
 			}
-			seen[ns] = true
-			found = append(found, ls...)
+			seen[st.Ino] = true
+			out = append(out, netnsPath{inode: st.Ino, path: p})
 		}
 	}
+	return out, nil
+}
 
+// seedListeners registers the listeners that existed before the agent
+// started: the kernel reports listen() only as it happens. It reads them
+// with the socket iterator (the same fields as a new listener: backlog
+// included), or from /proc text where the kernel has no iter/tcp. It
+// returns how many it registered and which way it read them.
+func (t *Tracer) seedListeners() (int, string, error) {
+	nss, err := namespaces(t.cfg.Proc)
+	if err != nil {
+		return 0, "", err
+	}
+	how := "socket iterator"
+	found, err := t.iterateListeners(nss)
+	if err != nil {
+		t.log.Debug().Err(err).Msg("socket iterator unavailable: existing listeners read from /proc")
+		how = "/proc (no socket iterator: " + err.Error() + ")"
+		found = procListeners(nss, t.cfg.Proc)
+	}
+	n, err := register(t.maps[bpfMapLwListeners], found, t.cfg.Proc)
+	return n, how, err
+}
+
+// iterateListeners opens the iter/tcp program inside each namespace.
+func (t *Tracer) iterateListeners(nss []netnsPath) ([]procListener, error) {
+	prog, err := t.load(t.spec.Copy(), bpfProgLwIterTcp)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", bpfProgLwIterTcp, err)
+	}
+	defer prog.Close()
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", bpfProgLwIterTcp, err)
+	}
+	defer it.Close()
+	var out []procListener
+	for _, ns := range nss {
+		var raw []byte
+		// The iterator walks the namespace of whoever opens it.
+		err := netns.Enter(ns.path, func() error {
+			rd, err := it.Open()
+			if err != nil {
+				return err
+			}
+			defer rd.Close()
+			raw, err = io.ReadAll(rd)
+			return err
+		})
+		if err != nil {
+			continue // the process exited meanwhile
+		}
+		ls, err := decodeSeeds(raw)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ls...)
+	}
+	return out, nil
+}
+
+// seedSize is the size of one iterator record.
+const seedSize = int(unsafe.Sizeof(bpfLwSeed{}))
+
+// decodeSeeds splits the iterator's output into its records.
+func decodeSeeds(raw []byte) ([]procListener, error) {
+	if len(raw)%seedSize != 0 {
+		return nil, fmt.Errorf("socket iterator: %d bytes is not a whole number of %d-byte records", len(raw), seedSize)
+	}
+	out := make([]procListener, 0, len(raw)/seedSize)
+	for off := 0; off < len(raw); off += seedSize {
+		r := (*bpfLwSeed)(unsafe.Pointer(&raw[off]))
+		out = append(out, procListener{key: r.Key, inode: r.Ino, backlog: r.Backlog})
+	}
+	return out, nil
+}
+
+// procListeners reads /proc/net/tcp{,6} of each namespace: through a
+// process of it, or from inside it for a bind-mounted one.
+func procListeners(nss []netnsPath, proc procfs.FS) []procListener {
+	var found []procListener
+	for _, ns := range nss {
+		if ns.pid {
+			for _, f := range []string{"tcp", "tcp6"} {
+				ls, err := readProcTCP(filepath.Join(filepath.Dir(filepath.Dir(ns.path)), "net", f), uint32(ns.inode))
+				if err == nil {
+					found = append(found, ls...)
+				}
+			}
+			continue
+		}
+		netns.Enter(ns.path, func() error {
+			for _, f := range []string{proc.Path("thread-self", "net", "tcp"), proc.Path("thread-self", "net", "tcp6")} {
+				if ls, err := readProcTCP(f, uint32(ns.inode)); err == nil {
+					found = append(found, ls...)
+				}
+			}
+			return nil
+		})
+	}
+	return found
+}
+
+// register adds the listeners found to the registry, with their owners.
+// A listener the kernel registered since attach is already right: kept.
+func register(m *ebpf.Map, found []procListener, proc procfs.FS) (int, error) {
 	owners := socketOwners(found, proc)
 	vals := map[bpfLwListenerKey]*bpfLwListenerStats{}
 	for _, l := range found {
@@ -72,6 +180,7 @@ func seedListeners(m *ebpf.Map, proc procfs.FS) (int, error) {
 			vals[l.key] = v
 		}
 		v.Sockets++
+		v.Backlog = max(v.Backlog, l.backlog)
 		if pid, ok := owners[l.inode]; ok && v.Pid == 0 {
 			v.Pid = uint32(pid)
 			comm, _ := os.ReadFile(proc.PID(uint32(pid), "comm"))
@@ -85,7 +194,6 @@ func seedListeners(m *ebpf.Map, proc procfs.FS) (int, error) {
 	}
 	n := 0
 	for k, v := range vals {
-		// A listener the kernel registered since attach is already right.
 		if err := m.Update(k, v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			return n, fmt.Errorf("register listener: %w", err)
 		}
@@ -162,23 +270,4 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	}
 	addr, _ := netip.AddrFromSlice(raw)
 	return netip.AddrPortFrom(addr, uint16(port)), nil
-}
-
-// readNamedNetns reads the listeners of a namespace bind-mounted at path,
-// unless its inode is in skip.
-func readNamedNetns(path string, skip map[uint64]bool, proc procfs.FS) ([]procListener, uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil || skip[st.Ino] {
-		return nil, 0, err
-	}
-	var out []procListener
-	err := netns.Enter(path, func() error {
-		for _, f := range []string{proc.Path("thread-self", "net", "tcp"), proc.Path("thread-self", "net", "tcp6")} {
-			if ls, err := readProcTCP(f, uint32(st.Ino)); err == nil {
-				out = append(out, ls...)
-			}
-		}
-		return nil
-	})
-	return out, st.Ino, err
 }

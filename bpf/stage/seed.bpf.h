@@ -1,0 +1,26 @@
+/* Seed: the listeners that existed before the agent started. The loader
+ * opens this iterator inside each network namespace (iter/tcp walks the
+ * sockets of the namespace that opens it) and registers what it reads. */
+#ifndef LW_STAGE_SEED_H
+#define LW_STAGE_SEED_H
+
+SEC("iter/tcp")
+int lw_iter_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc || skc->skc_state != TCP_LISTEN)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	const struct sock *sk = (const struct sock *)tp;
+	struct lw_seed rec;
+	__builtin_memset(&rec, 0, sizeof(rec)); /* padding too: all of it is written out */
+	key_from_btf_sk(&rec.key, sk);
+	rec.backlog = sk->sk_max_ack_backlog;
+	rec.ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
+
+#endif
