@@ -6,7 +6,7 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest
 
-.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak
+.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
 
 all: build
 
@@ -23,6 +23,13 @@ run: build
 test: deps generate-check vet fuzz
 	$(GO) test -count=1 -p 1 ./...
 	VMTEST_KERNELS="6.1 newest" ./scripts/vmtest.sh
+
+# make test three times in a row with stress-ng beside it (RUNS=3): the
+# suite must stay green on a loaded machine.
+test-under-load:
+	RUNS=$(RUNS) ./scripts/test-under-load.sh
+
+RUNS ?= 3
 
 # Every package but the real-kernel ones (integration needs root and
 # namespaces; bench is a harness): computed, so a new package cannot be

@@ -1,13 +1,18 @@
 #!/bin/sh
 # Installs what building the BPF object and running the tests need, from
 # Debian's packages. Idempotent: does nothing when everything is there.
-# Usage: scripts/install-deps.sh [vm]   (vm: also qemu for make vmtest)
+# Usage: scripts/install-deps.sh [vm] [stress]
+#   vm: also qemu for make vmtest; stress: also stress-ng for make test-under-load
 set -eu
 
 pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps"
-if [ "${1:-}" = vm ]; then
-	pkgs="$pkgs qemu-system-x86 busybox-static cpio"
-fi
+for arg in "$@"; do
+	case $arg in
+	vm) pkgs="$pkgs qemu-system-x86 busybox-static cpio" ;;
+	stress) pkgs="$pkgs stress-ng" ;;
+	*) echo "install-deps: unknown argument $arg (want vm or stress)" >&2; exit 2 ;;
+	esac
+done
 
 missing=""
 for p in $pkgs; do
