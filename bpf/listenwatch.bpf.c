@@ -65,6 +65,15 @@ struct {
 	__type(value, struct lw_conn);
 } lw_conns SEC(".maps");
 
+/* Keyed by the listening socket's address; sized by the loader (a few per
+ * listener: SO_REUSEPORT groups). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct lw_sock);
+} lw_socks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LW_C_MAX);

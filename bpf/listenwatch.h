@@ -29,6 +29,10 @@ enum lw_accept_err {
 	LW_AERR_MAX,
 };
 
+/* Sockets of one listener identity (an SO_REUSEPORT group) whose queues and
+ * drop counts are followed one by one. */
+#define LW_GROUP_MAX 8
+
 /* Per-listener counters, written with atomic adds by every stage and read by
  * the exporter at scrape time. */
 struct lw_listener_stats {
@@ -40,15 +44,21 @@ struct lw_listener_stats {
 	__u64 cookies_sent;   /* SYNs answered with a SYN cookie */
 	__u64 synack_retrans; /* SYN-ACKs retransmitted */
 	__u64 accept_errors[LW_AERR_MAX];
-	__u64 sk;             /* a listening socket of this identity, for queue reads */
+	__u64 socks[LW_GROUP_MAX]; /* its listening sockets (struct sock *), 0: free slot */
 	__u64 closed_at;      /* ns, CLOCK_MONOTONIC: when the last socket closed; 0 while open */
-	__u32 last_drops;     /* the listener's sk_drops at the last SYN or drop seen */
-	__u32 last_qlen;      /* its SYN-queue length at the last SYN seen */
+	__u32 last_qlen;      /* SYN-queue length of the socket that took the last SYN */
 	__u32 pid;        /* process that called listen() or accept() */
 	__u32 backlog;    /* sk_max_ack_backlog: the effective backlog */
 	__u32 req_backlog; /* the backlog listen() asked for; 0 if unknown */
-	__u32 last_ackq;   /* its accept-queue length at the last SYN seen */
+	__u32 last_ackq;   /* accept-queue length of the socket that took the last SYN */
 	char comm[16];
+};
+
+/* Per listening socket: what its drop count and SYN queue were when last
+ * looked at, so a change is attributed to the socket it happened on. */
+struct lw_sock {
+	__u32 last_drops; /* sk_drops at the last SYN or drop seen */
+	__u32 last_qlen;  /* SYN-queue length at the last SYN seen */
 };
 
 /* Per-connection timeline kept in the kernel between handshake and accept. */
@@ -89,6 +99,7 @@ struct lw_event {
 struct lw_seed {
 	struct lw_listener_key key;
 	__u64 ino;     /* the socket's inode: its owner is the process holding it */
+	__u64 sk;      /* the socket (struct sock *), for the group's slots */
 	__u32 backlog; /* sk_max_ack_backlog */
 };
 

@@ -101,23 +101,30 @@ type bpfLwListenerStats struct {
 	CookiesSent   uint64
 	SynackRetrans uint64
 	AcceptErrors  [2]uint64
-	Sk            uint64
+	Socks         [8]uint64
 	ClosedAt      uint64
-	LastDrops     uint32
 	LastQlen      uint32
 	Pid           uint32
 	Backlog       uint32
 	ReqBacklog    uint32
 	LastAckq      uint32
 	Comm          [16]int8
+	_             [4]byte
 }
 
 type bpfLwSeed struct {
 	_       structs.HostLayout
 	Key     bpfLwListenerKey
 	Ino     uint64
+	Sk      uint64
 	Backlog uint32
 	_       [4]byte
+}
+
+type bpfLwSock struct {
+	_         structs.HostLayout
+	LastDrops uint32
+	LastQlen  uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -129,6 +136,7 @@ const (
 	bpfMapLwEvents            = "lw_events"
 	bpfMapLwKpArgs            = "lw_kp_args"
 	bpfMapLwListeners         = "lw_listeners"
+	bpfMapLwSocks             = "lw_socks"
 	bpfProgLwFexitAccept      = "lw_fexit_accept"
 	bpfProgLwFexitConnRequest = "lw_fexit_conn_request"
 	bpfProgLwFexitSynRecv4    = "lw_fexit_syn_recv4"
@@ -233,6 +241,7 @@ type bpfMapSpecs struct {
 	LwEvents    *ebpf.MapSpec `ebpf:"lw_events"`
 	LwKpArgs    *ebpf.MapSpec `ebpf:"lw_kp_args"`
 	LwListeners *ebpf.MapSpec `ebpf:"lw_listeners"`
+	LwSocks     *ebpf.MapSpec `ebpf:"lw_socks"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -277,6 +286,7 @@ type bpfMaps struct {
 	LwEvents    *ebpf.Map `ebpf:"lw_events"`
 	LwKpArgs    *ebpf.Map `ebpf:"lw_kp_args"`
 	LwListeners *ebpf.Map `ebpf:"lw_listeners"`
+	LwSocks     *ebpf.Map `ebpf:"lw_socks"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -286,6 +296,7 @@ func (m *bpfMaps) Close() error {
 		m.LwEvents,
 		m.LwKpArgs,
 		m.LwListeners,
+		m.LwSocks,
 	)
 }
 

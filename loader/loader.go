@@ -39,8 +39,11 @@ type Tracer struct {
 	decodeErrors atomic.Uint64 // records that could not be decoded
 }
 
+// socketsPerListener sizes the per-socket table from the listener table.
+const socketsPerListener = 4
+
 // sharedMaps are created once and handed to every program.
-var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwConns, bpfMapLwCounters, bpfMapLwKpArgs}
+var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwSocks, bpfMapLwConns, bpfMapLwCounters, bpfMapLwKpArgs}
 
 // Open loads and attaches listenwatch. Stages that cannot attach in auto
 // mode are logged and reported by Hooks; in a forced mode they are an error.
@@ -66,6 +69,8 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 	spec.Maps[bpfMapLwEvents].MaxEntries = cfg.RingbufSize
 	spec.Maps[bpfMapLwConns].MaxEntries = cfg.ConnTableSize
 	spec.Maps[bpfMapLwListeners].MaxEntries = cfg.ListenerTableSize
+	// Listening sockets: a few per listener (SO_REUSEPORT groups).
+	spec.Maps[bpfMapLwSocks].MaxEntries = socketsPerListener * cfg.ListenerTableSize
 	if err := spec.Variables[bpfVarCfgWakeupBytes].Set(uint64(cfg.WakeupBytes)); err != nil {
 		return nil, err
 	}

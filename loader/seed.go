@@ -24,6 +24,7 @@ type procListener struct {
 	key     bpfLwListenerKey
 	inode   uint64
 	backlog uint32 // 0 when read from /proc text, which does not show it
+	sk      uint64 // the socket; 0 when read from /proc text
 }
 
 // netnsPath is one network namespace and a path to enter it by.
@@ -137,7 +138,7 @@ func decodeSeeds(raw []byte) ([]procListener, error) {
 	out := make([]procListener, 0, len(raw)/seedSize)
 	for off := 0; off < len(raw); off += seedSize {
 		r := (*bpfLwSeed)(unsafe.Pointer(&raw[off]))
-		out = append(out, procListener{key: r.Key, inode: r.Ino, backlog: r.Backlog})
+		out = append(out, procListener{key: r.Key, inode: r.Ino, backlog: r.Backlog, sk: r.Sk})
 	}
 	return out, nil
 }
@@ -178,6 +179,9 @@ func register(m *ebpf.Map, found []procListener, proc procfs.FS) (int, error) {
 		if v == nil {
 			v = &bpfLwListenerStats{}
 			vals[l.key] = v
+		}
+		if l.sk != 0 && int(v.Sockets) < len(v.Socks) {
+			v.Socks[v.Sockets] = l.sk
 		}
 		v.Sockets++
 		v.Backlog = max(v.Backlog, l.backlog)

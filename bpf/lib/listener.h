@@ -79,6 +79,44 @@ find_listener(struct lw_listener_key *k)
 	return NULL;
 }
 
+/* The group's slots: a listening socket is added at listen() (or when first
+ * seen) and removed at close. A group larger than LW_GROUP_MAX has sockets
+ * without a slot: their SYN-time drops are not classified in tracepoint
+ * mode (the drops counted in the other modes and by the ACK hooks are). */
+static __always_inline void group_add(struct lw_listener_stats *st, __u64 sk)
+{
+	int free = -1;
+	for (int i = 0; i < LW_GROUP_MAX; i++) {
+		if (st->socks[i] == sk)
+			return;
+		if (!st->socks[i] && free < 0)
+			free = i;
+	}
+	if (free >= 0)
+		st->socks[free & (LW_GROUP_MAX - 1)] = sk;
+}
+
+static __always_inline void group_del(struct lw_listener_stats *st, __u64 sk)
+{
+	for (int i = 0; i < LW_GROUP_MAX; i++)
+		if (st->socks[i] == sk)
+			st->socks[i] = 0;
+}
+
+/* The per-socket state of a listening socket; a socket seen for the first
+ * time starts from its current values. */
+static __always_inline struct lw_sock *sock_state(__u64 sk, __u32 drops, __u32 qlen, bool *fresh)
+{
+	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &sk);
+	*fresh = false;
+	if (s)
+		return s;
+	struct lw_sock init = { .last_drops = drops, .last_qlen = qlen };
+	bpf_map_update_elem(&lw_socks, &sk, &init, BPF_NOEXIST);
+	*fresh = true;
+	return bpf_map_lookup_elem(&lw_socks, &sk);
+}
+
 static __always_inline void set_owner(struct lw_listener_stats *st)
 {
 	st->pid = bpf_get_current_pid_tgid() >> 32;

@@ -16,8 +16,10 @@ static __always_inline void handshake_done(__u64 child, struct lw_listener_key *
 		flags |= LW_F_NO_LISTENER;
 	} else {
 		__sync_fetch_and_add(&st->handshakes, 1);
+		/* Tracepoint mode does not name the child's listener: the
+		 * group's first socket is right for a single socket. */
 		if (!listener)
-			listener = (const struct sock *)st->sk;
+			listener = (const struct sock *)st->socks[0];
 		if (listener)
 			ackq = BPF_CORE_READ(listener, sk_ack_backlog) + (queued ? 0 : 1);
 	}
@@ -122,7 +124,12 @@ static __always_inline void ack_overflow(const struct sock *listener)
 	if (!st)
 		return;
 	__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_ACK], 1);
-	st->last_drops = BPF_CORE_READ(listener, sk_drops.counter) + 1;
+	/* The caller adds this packet to sk_drops after we return: count it
+	 * as seen, so the next SYN does not take it for its own. */
+	__u64 key = (__u64)listener;
+	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &key);
+	if (s)
+		s->last_drops = BPF_CORE_READ(listener, sk_drops.counter) + 1;
 }
 
 /* fentry/kprobe mode: syn_recv_sock returns the child (NULL when the accept

@@ -19,8 +19,10 @@ static __always_inline void listener_up(const struct sock *sk)
 	}
 	__sync_fetch_and_add(&st->sockets, 1);
 	st->backlog = sk->sk_max_ack_backlog;
-	st->sk = (__u64)sk;
-	st->last_drops = sk->sk_drops.counter;
+	group_add(st, (__u64)sk);
+	__u64 key = (__u64)sk;
+	struct lw_sock init = { .last_drops = sk->sk_drops.counter };
+	bpf_map_update_elem(&lw_socks, &key, &init, BPF_ANY);
 	/* listen(2) runs this in process context: its second argument is the
 	 * backlog the application asked for, before the somaxconn cap. */
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
@@ -38,8 +40,10 @@ static __always_inline void listener_down(const struct sock *sk)
 	 * forgets it once its final counters have been read for a while. */
 	if (st && st->sockets > 0 && __sync_fetch_and_add(&st->sockets, -1) == 1)
 		st->closed_at = bpf_ktime_get_ns();
-	if (st && st->sk == (__u64)sk)
-		st->sk = 0; /* never read a freed socket's queues */
+	if (st)
+		group_del(st, (__u64)sk); /* never read a freed socket's queues */
+	__u64 key = (__u64)sk;
+	bpf_map_delete_elem(&lw_socks, &key);
 }
 
 #endif

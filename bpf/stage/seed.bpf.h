@@ -19,6 +19,10 @@ int lw_iter_tcp(struct bpf_iter__tcp *ctx)
 	key_from_btf_sk(&rec.key, sk);
 	rec.backlog = sk->sk_max_ack_backlog;
 	rec.ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	rec.sk = (__u64)sk;
+	/* Its drop count from here on is followed like a new socket's. */
+	struct lw_sock init = { .last_drops = sk->sk_drops.counter };
+	bpf_map_update_elem(&lw_socks, &rec.sk, &init, BPF_NOEXIST);
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }

@@ -2,37 +2,60 @@
 #ifndef LW_STAGE_SYN_H
 #define LW_STAGE_SYN_H
 
-/* What became of the SYN just handled by a listener. A SYN that is refused
- * has no drop event (it is consumed); what shows is the listener's drop
- * count, bumped by tcp_listendrop(). Drop events on the listener refresh
+/* What became of a SYN, seen on one listening socket. A SYN that is
+ * refused has no drop event (it is consumed); what shows is the socket's
+ * drop count, bumped by tcp_listendrop(). Drop events on the socket refresh
  * last_drops, so the change since then is this SYN's. With the accept queue
  * full it was a listen overflow; else with the SYN queue full, a SYN-queue
- * drop. A SYN that left the SYN queue full without growing it was answered
- * with a cookie (inferred: exact unless requests expired in between). */
-static __always_inline void syn_outcome(struct lw_listener_stats *st, const struct sock *sk)
+ * drop. Each socket of an SO_REUSEPORT group is followed on its own: its
+ * own drop count against its own queues. */
+struct syn_seen {
+	bool dropped;   /* the socket's drop count moved */
+	bool grew;      /* its SYN queue grew: the SYN was queued there */
+	bool full_same; /* its SYN queue is full and did not grow */
+};
+
+static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *st, const struct sock *sk)
 {
-	if (!sk)
-		return;
+	struct syn_seen r = {};
 	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
 	__u32 qlen = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
 	__u32 ackq = BPF_CORE_READ(sk, sk_ack_backlog);
 	__u32 max = BPF_CORE_READ(sk, sk_max_ack_backlog);
-	__u32 d = drops - st->last_drops;
-	st->last_drops = drops;
+	bool fresh;
+	struct lw_sock *s = sock_state((__u64)sk, drops, qlen, &fresh);
+	if (!s || fresh)
+		return r; /* first sight: its current values are the baseline */
+	__u32 d = drops - s->last_drops;
+	r.grew = qlen > s->last_qlen;
+	r.full_same = qlen > max && !r.grew;
+	s->last_drops = drops;
+	s->last_qlen = qlen;
 	if (d) {
 		__u32 why = LW_DROP_OTHER;
 		if (ackq > max)
 			why = LW_DROP_ACCEPTQ_SYN;
 		else if (qlen > max)
 			why = LW_DROP_SYNQ_FULL;
-		/* d > 1: another CPU refused a SYN of this listener between our
+		/* d > 1: another CPU refused a SYN of this socket between our
 		 * reads; at the same instant, for the same reason. */
 		__sync_fetch_and_add(&st->drops[why], d < 1024 ? d : 1);
-	} else if (qlen > max && qlen <= st->last_qlen) {
-		__sync_fetch_and_add(&st->cookies_sent, 1);
+		r.dropped = true;
 	}
-	st->last_qlen = qlen;
-	st->last_ackq = ackq;
+	if (d || r.grew) {
+		st->last_qlen = qlen;
+		st->last_ackq = ackq;
+	}
+	return r;
+}
+
+/* A SYN that left a full SYN queue without growing it, and was not
+ * dropped, was answered with a cookie (inferred: exact unless requests
+ * expired in between). */
+static __always_inline void syn_cookie(struct lw_listener_stats *st, struct syn_seen r)
+{
+	if (!r.dropped && !r.grew && r.full_same)
+		__sync_fetch_and_add(&st->cookies_sent, 1);
 }
 
 /* fentry/kprobe mode: the listener is an argument; the outcome is read when
@@ -47,9 +70,8 @@ static __always_inline void syn_at_listener(const struct sock *sk)
 		return;
 	}
 	__sync_fetch_and_add(&st->syns, 1);
-	if (!st->sk)
-		st->sk = (__u64)sk;
-	syn_outcome(st, sk);
+	group_add(st, (__u64)sk);
+	syn_cookie(st, syn_on_socket(st, sk));
 }
 
 SEC("fexit/tcp_conn_request")
@@ -122,7 +144,19 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 		return 0;
 	}
 	__sync_fetch_and_add(&st->syns, 1);
-	syn_outcome(st, (const struct sock *)st->sk);
+	/* The packet does not say which socket of the group took it: look at
+	 * each; the one whose drop count moved or whose queue grew did. */
+	struct syn_seen all = {};
+	for (int i = 0; i < LW_GROUP_MAX; i++) {
+		const struct sock *sk = (const struct sock *)st->socks[i];
+		if (!sk)
+			continue;
+		struct syn_seen r = syn_on_socket(st, sk);
+		all.dropped |= r.dropped;
+		all.grew |= r.grew;
+		all.full_same |= r.full_same;
+	}
+	syn_cookie(st, all);
 	return 0;
 }
 
