@@ -29,9 +29,12 @@ enum lw_accept_err {
 	LW_AERR_MAX,
 };
 
-/* Sockets of one listener identity (an SO_REUSEPORT group) whose queues and
- * drop counts are followed one by one. */
-#define LW_GROUP_MAX 8
+/* Bounds of the per-listener arrays, shared with Go (the generated array
+ * types carry them). */
+enum lw_limits {
+	LW_GROUP_MAX = 8,  /* sockets of an SO_REUSEPORT group followed one by one */
+	LW_OWNERS_MAX = 4, /* processes remembered per listener */
+};
 
 /* Per-listener counters, written with atomic adds by every stage and read by
  * the exporter at scrape time. */
@@ -52,6 +55,11 @@ struct lw_listener_stats {
 	__u32 req_backlog; /* the backlog listen() asked for; 0 if unknown */
 	__u32 last_ackq;   /* accept-queue length of the socket that took the last SYN */
 	char comm[16];
+	/* Processes that called listen() or accept() on it (tgids, 0: free),
+	 * the oldest replaced when full: workers of a pre-fork server, every
+	 * process of an SO_REUSEPORT group. */
+	__u32 owners[LW_OWNERS_MAX];
+	__u32 owner_next; /* the slot replaced next when all are taken */
 };
 
 /* Per listening socket: what its drop count and SYN queue were when last

@@ -12,8 +12,11 @@ type Listener struct {
 	// RequestedBacklog is what listen() asked for, before the somaxconn
 	// cap; 0 when the listener predates the agent.
 	RequestedBacklog uint32
-	PID              uint32
+	PID              uint32 // the last process to listen(), or the first to accept()
 	Comm             string
+	// Owners are the processes that called listen() or accept() on it
+	// (0: free slot); some may have exited since.
+	Owners [OwnersMax]uint32
 	// Queue lengths as of the last SYN the listener received.
 	AcceptQueueLen, SYNQueueLen uint32
 
@@ -23,6 +26,10 @@ type Listener struct {
 	AcceptEMFILE  uint64              // accept() failed: process fd limit
 	AcceptENFILE  uint64              // accept() failed: system file limit
 }
+
+// OwnersMax is how many owning processes a listener remembers (the
+// kernel's LW_OWNERS_MAX; the loader checks they agree).
+const OwnersMax = 4
 
 // DropReason says why a listener refused a connection.
 type DropReason int

@@ -4,7 +4,10 @@
 package exporter
 
 import (
+	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -122,7 +125,7 @@ func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 		cookies:      counter("listener_syncookies_sent_total", "SYNs answered with a SYN cookie because the SYN queue was full.", ll...),
 		synackRetx:   counter("listener_synack_retransmits_total", "SYN-ACKs retransmitted: final ACKs lost or clients that never complete.", ll...),
 		acceptErrors: counter("listener_accept_errors_total", "accept() calls that failed for want of a file descriptor, by errno (EMFILE: process limit, ENFILE: system limit); the connection stays queued.", append(ll, "errno")...),
-		info:         gauge("listener_info", "Process that owns the listener (last to call listen() or accept()), and its Kubernetes pod UID (join with kube_pod_info{uid}) when it runs in one.", append(ll, "pid", "comm", "pod_uid")...),
+		info:         gauge("listener_info", "Processes that own the listener (called listen() or accept() on it and still run; up to 4), and their Kubernetes pod UID (join with kube_pod_info{uid}) when they run in one: one series per process.", append(ll, "pid", "comm", "pod_uid")...),
 		incomplete:   counter("incomplete_connections_total", "Accepted connections with a stage not observed (agent started later, SYN cookie, or record evicted): counted, never timed.", append(ll, "missing")...),
 
 		queueLenHist: desc("accept_queue_length_at_connection", "Accept-queue length when each accepted connection was queued, itself included: how close to the backlog the listener runs.", ll...),
@@ -230,7 +233,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- d.synackRetx.metric(float64(l.SynackRetrans), lv...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
-		ch <- d.info.metric(1, append(lv, strconv.FormatUint(uint64(l.PID), 10), l.Comm, pod(c.proc, pods, l.PID))...)
+		c.ownerInfo(ch, &l, lv, pods)
 	}
 
 	c.evict(ls, err == nil)
@@ -270,6 +273,27 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- d.recursionMisses.metric(float64(p.RecursionMisses), p.Name)
 		ch <- d.runSeconds.metric(p.RunTime.Seconds(), p.Name)
 		ch <- d.runs.metric(float64(p.RunCount), p.Name)
+	}
+}
+
+// ownerInfo emits listener_info once per owning process that still runs;
+// when none does (or the owners are unknown), once for the process the
+// kernel last saw.
+func (c *Collector) ownerInfo(ch chan<- prometheus.Metric, l *events.Listener, lv []string, pods map[uint32]string) {
+	n := 0
+	for i, pid := range l.Owners {
+		if pid == 0 || slices.Contains(l.Owners[:i], pid) {
+			continue
+		}
+		comm, err := os.ReadFile(c.proc.PID(pid, "comm"))
+		if err != nil {
+			continue // exited
+		}
+		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(pid), 10), strings.TrimSpace(string(comm)), pod(c.proc, pods, pid))...)
+		n++
+	}
+	if n == 0 {
+		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(l.PID), 10), l.Comm, pod(c.proc, pods, l.PID))...)
 	}
 }
 

@@ -51,7 +51,7 @@ listenwatch_listener_connections_accepted_total{addr="10.0.0.5",netns="402653184
 # HELP listenwatch_listener_handshakes_completed_total Handshakes completed: child sockets put in the accept queue.
 # TYPE listenwatch_listener_handshakes_completed_total counter
 listenwatch_listener_handshakes_completed_total{addr="10.0.0.5",netns="4026531840",port="8080"} 11
-# HELP listenwatch_listener_info Process that owns the listener (last to call listen() or accept()), and its Kubernetes pod UID (join with kube_pod_info{uid}) when it runs in one.
+# HELP listenwatch_listener_info Processes that own the listener (called listen() or accept() on it and still run; up to 4), and their Kubernetes pod UID (join with kube_pod_info{uid}) when they run in one: one series per process.
 # TYPE listenwatch_listener_info gauge
 listenwatch_listener_info{addr="10.0.0.5",comm="nginx",netns="4026531840",pid="4242",pod_uid="",port="8080"} 1
 # HELP listenwatch_listener_syns_received_total SYNs that reached the listener: queued, answered with a cookie, or dropped.
@@ -269,5 +269,26 @@ func TestClosedListenerSeriesEvicted(t *testing.T) {
 	testutil.CollectAndCount(c)
 	if c.Listeners() != 0 {
 		t.Fatalf("closed listener's series kept")
+	}
+}
+
+// TestListenerInfoEveryOwner: one listener_info series per owning process
+// that still runs (read through the procfs root), pods included; a
+// listener whose owners all exited keeps the one the kernel last saw.
+func TestListenerInfoEveryOwner(t *testing.T) {
+	f := newFake()
+	f.listeners[0].Owners = [events.OwnersMax]uint32{4242, 4343, 5555, 4242} // 5555 exited; 4242 twice
+	gone := events.Listener{Key: events.ListenerKey{Netns: 1, Addr: netip.MustParseAddr("10.0.0.6"), Port: 80}, PID: 7, Comm: "old", Owners: [events.OwnersMax]uint32{5555}}
+	f.listeners = append(f.listeners, gone)
+	c := New(f, procfs.New("testdata/proc"), zerolog.Nop())
+	want := `
+# HELP listenwatch_listener_info Processes that own the listener (called listen() or accept() on it and still run; up to 4), and their Kubernetes pod UID (join with kube_pod_info{uid}) when they run in one: one series per process.
+# TYPE listenwatch_listener_info gauge
+listenwatch_listener_info{addr="10.0.0.5",comm="nginx",netns="4026531840",pid="4242",pod_uid="0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b",port="8080"} 1
+listenwatch_listener_info{addr="10.0.0.5",comm="envoy",netns="4026531840",pid="4343",pod_uid="4c7a2e1b-93f0-4d2a-8a8e-0b6a7f7e2c11",port="8080"} 1
+listenwatch_listener_info{addr="10.0.0.6",comm="old",netns="1",pid="7",pod_uid="",port="80"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "listenwatch_listener_info"); err != nil {
+		t.Fatal(err)
 	}
 }

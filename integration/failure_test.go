@@ -367,7 +367,6 @@ func vmRSS(t *testing.T) uint64 {
 	return 0
 }
 
-
 // nsTables counts what one namespace holds: registry entries, join-table
 // entries and histogram series.
 func nsTables(t *testing.T, netns uint32) (listeners, conns, series int) {

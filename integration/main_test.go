@@ -61,7 +61,7 @@ func (e *eventTap) get(a netip.AddrPort) (events.Conn, bool) {
 // TestMain attaches listenwatch once. LISTENWATCH_TEST_HOOK_MODE forces a
 // mode (the kernel matrix runs the suite once per mode).
 func TestMain(m *testing.M) {
-	if os.Getenv("LW_EMFILE_SERVER") != "" {
+	if os.Getenv("LW_EMFILE_SERVER") != "" || os.Getenv("LW_REUSEPORT_LISTENER") != "" {
 		os.Exit(m.Run()) // a helper server process: no tracer of its own
 	}
 	if os.Geteuid() != 0 {

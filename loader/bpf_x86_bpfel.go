@@ -83,6 +83,13 @@ const (
 	bpfLwFlagLW_F_NO_LISTENER bpfLwFlag = 32
 )
 
+type bpfLwLimits uint32
+
+const (
+	bpfLwLimitsLW_GROUP_MAX  bpfLwLimits = 8
+	bpfLwLimitsLW_OWNERS_MAX bpfLwLimits = 4
+)
+
 type bpfLwListenerKey struct {
 	_      structs.HostLayout
 	Netns  uint32
@@ -109,7 +116,8 @@ type bpfLwListenerStats struct {
 	ReqBacklog    uint32
 	LastAckq      uint32
 	Comm          [16]int8
-	_             [4]byte
+	Owners        [4]uint32
+	OwnerNext     uint32
 }
 
 type bpfLwSeed struct {
@@ -166,6 +174,7 @@ const (
 	bpfVarUnusedCounter       = "unused_counter"
 	bpfVarUnusedDrop          = "unused_drop"
 	bpfVarUnusedFlag          = "unused_flag"
+	bpfVarUnusedLimits        = "unused_limits"
 	bpfVarUnusedSeed          = "unused_seed"
 )
 
@@ -258,6 +267,7 @@ type bpfVariableSpecs struct {
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedFlag     *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedLimits   *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedSeed     *ebpf.VariableSpec `ebpf:"unused_seed"`
 }
 
@@ -314,6 +324,7 @@ type bpfVariables struct {
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedFlag     *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedLimits   *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedSeed     *ebpf.Variable `ebpf:"unused_seed"`
 }
 

@@ -169,6 +169,19 @@ func procListeners(nss []netnsPath, proc procfs.FS) []procListener {
 	return found
 }
 
+// addOwner is add_owner of the BPF code, for a seeded listener.
+func addOwner(v *bpfLwListenerStats, pid uint32) {
+	for i, o := range v.Owners {
+		if o == pid {
+			return
+		}
+		if o == 0 {
+			v.Owners[i] = pid
+			return
+		}
+	}
+}
+
 // register adds the listeners found to the registry, with their owners.
 // A listener the kernel registered since attach is already right: kept.
 func register(m *ebpf.Map, found []procListener, proc procfs.FS) (int, error) {
@@ -185,6 +198,9 @@ func register(m *ebpf.Map, found []procListener, proc procfs.FS) (int, error) {
 		}
 		v.Sockets++
 		v.Backlog = max(v.Backlog, l.backlog)
+		if pid, ok := owners[l.inode]; ok {
+			addOwner(v, uint32(pid))
+		}
 		if pid, ok := owners[l.inode]; ok && v.Pid == 0 {
 			v.Pid = uint32(pid)
 			comm, _ := os.ReadFile(proc.PID(uint32(pid), "comm"))

@@ -18,26 +18,22 @@ var (
 	_ = [1]struct{}{}[events.DropSYNQueueFull-events.DropReason(bpfLwDropLW_DROP_SYNQ_FULL)]
 	_ = [1]struct{}{}[events.DropOther-events.DropReason(bpfLwDropLW_DROP_OTHER)]
 	_ = [1]struct{}{}[events.DropReasons-int(bpfLwDropLW_DROP_MAX)]
+	_ = [1]struct{}{}[events.OwnersMax-int(bpfLwLimitsLW_OWNERS_MAX)]
 )
 
 // Listeners reads the listener registry.
 func (t *Tracer) Listeners() ([]events.Listener, error) {
-	var (
-		k   bpfLwListenerKey
-		v   bpfLwListenerStats
-		out []events.Listener
-	)
-	it := t.maps[bpfMapLwListeners].Iterate()
-	for it.Next(&k, &v) {
+	var out []events.Listener
+	err := readMap(t.maps[bpfMapLwListeners], func(k *bpfLwListenerKey, v *bpfLwListenerStats) {
 		out = append(out, events.Listener{
-			Key: listenerKey(&k), SYNs: v.Syns, Handshakes: v.Handshakes, Accepted: v.Accepted,
+			Key: listenerKey(k), SYNs: v.Syns, Handshakes: v.Handshakes, Accepted: v.Accepted,
 			Sockets: v.Sockets, Backlog: v.Backlog, RequestedBacklog: v.ReqBacklog, PID: v.Pid, Comm: cString(v.Comm[:]),
-			Drops: v.Drops, CookiesSent: v.CookiesSent, SynackRetrans: v.SynackRetrans,
+			Drops: v.Drops, CookiesSent: v.CookiesSent, SynackRetrans: v.SynackRetrans, Owners: v.Owners,
 			AcceptQueueLen: v.LastAckq, SYNQueueLen: v.LastQlen,
 			AcceptEMFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_EMFILE], AcceptENFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_ENFILE],
 		})
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return out, fmt.Errorf("read listeners: %w", err)
 	}
 	return out, nil
@@ -127,16 +123,9 @@ func (t *Tracer) ProgramIDs() ([]ebpf.ProgramID, error) {
 // handshake completed and that were not accepted yet (the join table):
 // what a namespace holds in the kernel's bounded table.
 func (t *Tracer) PendingByNetns() (map[uint32]int, error) {
-	var (
-		k   uint64
-		v   bpfLwConn
-		out = map[uint32]int{}
-	)
-	it := t.maps[bpfMapLwConns].Iterate()
-	for it.Next(&k, &v) {
-		out[v.Listener.Netns]++
-	}
-	if err := it.Err(); err != nil {
+	out := map[uint32]int{}
+	err := readMap(t.maps[bpfMapLwConns], func(_ *uint64, v *bpfLwConn) { out[v.Listener.Netns]++ })
+	if err != nil {
 		return nil, fmt.Errorf("read connection table: %w", err)
 	}
 	return out, nil

@@ -30,20 +30,16 @@ func monotonicNow() time.Duration {
 // retention and returns how many it deleted.
 func (t *Tracer) sweepClosed(now, retention time.Duration) (int, error) {
 	m := t.maps[bpfMapLwListeners]
-	var (
-		k     bpfLwListenerKey
-		v     bpfLwListenerStats
-		stale []bpfLwListenerKey
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if expired(&v, now, retention) {
-			stale = append(stale, k)
+	var stale []bpfLwListenerKey
+	err := readMap(m, func(k *bpfLwListenerKey, v *bpfLwListenerStats) {
+		if expired(v, now, retention) {
+			stale = append(stale, *k)
 		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return 0, fmt.Errorf("sweep listeners: %w", err)
 	}
+	var v bpfLwListenerStats
 	n := 0
 	for _, k := range stale {
 		// Read again just before the delete: a listener that listened

@@ -123,6 +123,23 @@ static __always_inline void set_owner(struct lw_listener_stats *st)
 	bpf_get_current_comm(st->comm, sizeof(st->comm));
 }
 
+/* Remembers the current process among the listener's owners: no write when
+ * it is already there (the common case on every accept). */
+static __always_inline void add_owner(struct lw_listener_stats *st)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	int free = -1;
+	for (int i = 0; i < LW_OWNERS_MAX; i++) {
+		if (st->owners[i] == tgid)
+			return;
+		if (!st->owners[i] && free < 0)
+			free = i;
+	}
+	if (free < 0)
+		free = __sync_fetch_and_add(&st->owner_next, 1);
+	st->owners[free & (LW_OWNERS_MAX - 1)] = tgid;
+}
+
 static __always_inline void submit(struct lw_event *e)
 {
 	/* A wake-up per record costs 6-8x the program's own time; the reader

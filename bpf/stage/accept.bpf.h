@@ -29,6 +29,7 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 		__sync_fetch_and_add(&st->accepted, 1);
 		if (!st->pid)
 			set_owner(st);
+		add_owner(st);
 		flags &= ~LW_F_NO_LISTENER;
 	} else {
 		count(LW_C_UNATTRIBUTED_ACCEPT);
