@@ -79,6 +79,7 @@ func TestHookModes(t *testing.T) {
 func TestSlowAcceptor(t *testing.T) {
 	need(t, events.StageSYN, events.StageHandshake, events.StageAccept)
 	ns := newNS(t)
+	tap.watch(t, ns.Inode)
 	addr := netip.MustParseAddrPort("127.0.0.1:8080")
 	fd := listen(t, ns, addr, 128)
 	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}

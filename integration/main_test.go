@@ -33,21 +33,44 @@ var (
 	tracer    *loader.Tracer
 	collector *exporter.Collector
 	registry  *prometheus.Registry
-	tap       = &eventTap{byClient: map[netip.AddrPort]events.Conn{}}
+	tap       = &eventTap{byClient: map[netip.AddrPort]events.Conn{}, watched: map[uint32]bool{}}
 	testMode  events.Mode
 	testCfg   loader.Config // what the environment asked for; private tracers reuse it
 )
 
-// eventTap keeps every decoded connection by client address, so tests can
-// check individual connections against what they measured themselves.
+// eventTap keeps the decoded connections of the namespaces a test
+// watches, by client address, so the test can check each against what it
+// measured itself. Only watched namespaces: a long run (the soak) must not
+// grow the test process with every connection of the host.
 type eventTap struct {
 	mu       sync.Mutex
 	byClient map[netip.AddrPort]events.Conn
+	watched  map[uint32]bool
+}
+
+// watch keeps the connections to listeners of one namespace until the
+// test ends.
+func (e *eventTap) watch(t testing.TB, netns uint32) {
+	e.mu.Lock()
+	e.watched[netns] = true
+	e.mu.Unlock()
+	t.Cleanup(func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		delete(e.watched, netns)
+		for a, c := range e.byClient {
+			if c.Listener.Netns == netns {
+				delete(e.byClient, a)
+			}
+		}
+	})
 }
 
 func (e *eventTap) add(c *events.Conn) {
 	e.mu.Lock()
-	e.byClient[c.Client] = *c
+	if e.watched[c.Listener.Netns] {
+		e.byClient[c.Client] = *c
+	}
 	e.mu.Unlock()
 }
 
