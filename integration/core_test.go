@@ -673,20 +673,26 @@ func TestClosedListenerDoesNotCapture(t *testing.T) {
 	}
 }
 
+// runReader runs a private tracer's reader (and so its sweeper) until
+// the test ends.
+func runReader(t *testing.T, tr *loader.Tracer) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, func(*events.Conn) {}) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // TestClosedListenerForgotten: a closed listener's entry stays for the
 // retention (its final counters are scraped), then is forgotten; an open
 // listener beside it stays. Churn cannot fill the registry.
 func TestClosedListenerForgotten(t *testing.T) {
 	tr := openTracer(t, loader.Config{ClosedRetention: time.Second})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx, func(*events.Conn) {}) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runReader(t, tr)
 	ns := newNS(t)
 	closed, open := netip.MustParseAddrPort("127.0.0.1:9003"), netip.MustParseAddrPort("127.0.0.1:9004")
 	cfd := listen(t, ns, closed, 8)
@@ -765,25 +771,8 @@ func TestSeededListeners(t *testing.T) {
 	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:9006")
 	listen(t, ns, addr, 77)
-	var group []int
 	grouped := netip.MustParseAddrPort("127.0.0.1:9007")
-	for range 2 {
-		err := ns.Do(func() error {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			group = append(group, fd)
-			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(grouped.Port()), Addr: grouped.Addr().As4()}); err != nil {
-				return err
-			}
-			return unix.Listen(fd, 33)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	group := reuseportGroup(t, ns, grouped, 2, 33)
 	defer closeAll(group)
 	tr := openTracer(t, loader.Config{}) // starts after the listeners
 	l, ok := lookup(t, tr, events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()})
@@ -872,15 +861,7 @@ func TestHelperReusePortListener(t *testing.T) {
 // read, it is not its regression test.)
 func TestListenersReadableUnderChurn(t *testing.T) {
 	tr := openTracer(t, loader.Config{ClosedRetention: time.Second})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx, func(*events.Conn) {}) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runReader(t, tr)
 	ns := newNS(t)
 	stop := make(chan struct{})
 	churned := make(chan int, 1)
