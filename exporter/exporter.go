@@ -215,7 +215,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	d := &c.d
 	ls, err := c.src.Listeners()
 	c.sourceRead(ch, sourceListeners, err)
-	pods := map[uint32]string{} // one /proc read per process, not per listener
+	// One /proc read per process and scrape, not per listener.
+	pods, comms := map[uint32]string{}, map[uint32]string{}
 	for _, l := range ls {
 		lv := listenerLabelValues(l.Key)
 		ch <- d.syns.metric(float64(l.SYNs), lv...)
@@ -233,7 +234,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- d.synackRetx.metric(float64(l.SynackRetrans), lv...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
-		c.ownerInfo(ch, &l, lv, pods)
+		c.ownerInfo(ch, &l, lv, pods, comms)
 	}
 
 	c.evict(ls, err == nil)
@@ -279,17 +280,23 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // ownerInfo emits listener_info once per owning process that still runs;
 // when none does (or the owners are unknown), once for the process the
 // kernel last saw.
-func (c *Collector) ownerInfo(ch chan<- prometheus.Metric, l *events.Listener, lv []string, pods map[uint32]string) {
+func (c *Collector) ownerInfo(ch chan<- prometheus.Metric, l *events.Listener, lv []string, pods, comms map[uint32]string) {
 	n := 0
 	for i, pid := range l.Owners {
 		if pid == 0 || slices.Contains(l.Owners[:i], pid) {
 			continue
 		}
-		comm, err := os.ReadFile(c.proc.PID(pid, "comm"))
-		if err != nil {
-			continue // exited
+		comm, seen := comms[pid]
+		if !seen {
+			if b, err := os.ReadFile(c.proc.PID(pid, "comm")); err == nil {
+				comm = strings.TrimSpace(string(b))
+			}
+			comms[pid] = comm // "" once: exited
 		}
-		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(pid), 10), strings.TrimSpace(string(comm)), pod(c.proc, pods, pid))...)
+		if comm == "" {
+			continue
+		}
+		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(pid), 10), comm, pod(c.proc, pods, pid))...)
 		n++
 	}
 	if n == 0 {

@@ -524,19 +524,7 @@ func TestStartedMidConnection(t *testing.T) {
 	addr := netip.MustParseAddrPort("127.0.0.1:7072")
 	fd := listen(t, ns, addr, 64)
 	const n = 7
-	var conns []net.Conn
-	for range n {
-		c, _, err := dial(ns, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	dialN(t, ns, addr, n)
 	tr := openTracer(t, loader.Config{})
 	for range n {
 		_, _, nfd, err := acceptOne(fd)
@@ -687,6 +675,19 @@ func runReader(t *testing.T, tr *loader.Tracer) {
 	})
 }
 
+// dialN opens n connections to addr from inside ns and keeps them open
+// until the test ends.
+func dialN(t *testing.T, ns *netnstest.NS, addr netip.AddrPort, n int) {
+	t.Helper()
+	for range n {
+		c, _, err := dial(ns, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+}
+
 // TestClosedListenerForgotten: a closed listener's entry stays for the
 // retention (its final counters are scraped), then is forgotten; an open
 // listener beside it stays. Churn cannot fill the registry.
@@ -738,19 +739,7 @@ func TestUnacceptedChildrenForgotten(t *testing.T) {
 		return p[ns.Inode]
 	}
 	base := pending()
-	var conns []net.Conn
-	for range 5 {
-		c, _, err := dial(ns, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+	dialN(t, ns, addr, 5)
 	eventually(t, settle, func() (bool, string) {
 		n := pending()
 		return n >= base+5, fmt.Sprintf("connection table %d entries, want %d + the 5 queued", n, base)
