@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/pods"
 )
 
 // Settings are the sysctls of the listener's network namespace; a
@@ -22,6 +23,7 @@ type Settings struct {
 // when unknown.
 type Process struct {
 	OpenFDs, Limit int64
+	Pod            pods.Pod // the pod it runs in, when known
 }
 
 // Cause is what went wrong; Knob what to change. Both are small fixed sets
@@ -65,6 +67,20 @@ func restarted(prev, cur events.Listener) bool {
 	return false
 }
 
+// owner names the listener as the sentences show it: with its pod's
+// namespace, name and container when they are known.
+func owner(l events.Listener, p pods.Pod) string {
+	switch {
+	case p.Name != "" && p.Container != "":
+		return fmt.Sprintf("%s (pod %s/%s container %s, pid %d %s)", l.Key, p.Namespace, p.Name, p.Container, l.PID, l.Comm)
+	case p.Name != "":
+		return fmt.Sprintf("%s (pod %s/%s, pid %d %s)", l.Key, p.Namespace, p.Name, l.PID, l.Comm)
+	case p.UID != "":
+		return fmt.Sprintf("%s (pod uid %s, pid %d %s)", l.Key, p.UID, l.PID, l.Comm)
+	}
+	return fmt.Sprintf("%s (pid %d %s)", l.Key, l.PID, l.Comm)
+}
+
 // Diagnose compares two readings of one listener taken interval apart.
 func Diagnose(prev, cur events.Listener, interval time.Duration, s Settings, p Process) []Finding {
 	if restarted(prev, cur) {
@@ -72,7 +88,7 @@ func Diagnose(prev, cur events.Listener, interval time.Duration, s Settings, p P
 	}
 	since := func(c, p uint64) uint64 { d, _ := events.Delta(c, p); return d }
 	var out []Finding
-	who := fmt.Sprintf("%s (pid %d %s)", cur.Key, cur.PID, cur.Comm)
+	who := owner(cur, p.Pod)
 	in := fmt.Sprintf("in %s", interval.Round(100*time.Millisecond))
 	add := func(c Cause, knob string, n uint64, format string, args ...any) {
 		out = append(out, Finding{Listener: cur, Cause: c, Knob: knob, Count: n, Message: fmt.Sprintf(format, args...)})

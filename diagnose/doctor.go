@@ -15,6 +15,7 @@ import (
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/netns"
 	"github.com/listenwatch/listenwatch/internal/procfs"
+	"github.com/listenwatch/listenwatch/pods"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -30,6 +31,7 @@ type Source interface {
 type Doctor struct {
 	src      Source
 	proc     procfs.FS
+	pods     *pods.Names
 	interval time.Duration
 	log      zerolog.Logger
 
@@ -44,7 +46,7 @@ type Doctor struct {
 // New builds a doctor; Run drives it.
 func New(src Source, proc procfs.FS, interval time.Duration, log zerolog.Logger) *Doctor {
 	return &Doctor{
-		src: src, proc: proc, interval: interval, log: log,
+		src: src, proc: proc, pods: pods.NewNames(proc, nil), interval: interval, log: log,
 		desc: prometheus.NewDesc("listenwatch_diagnosis_events",
 			"Refused or failed connections in the last diagnosis interval, per listener, cause and the knob to turn (see /diagnosis for the sentence).",
 			[]string{"netns", "addr", "port", "cause", "knob"}, nil),
@@ -54,6 +56,12 @@ func New(src Source, proc procfs.FS, interval time.Duration, log zerolog.Logger)
 		maxFDs: prometheus.NewDesc("listenwatch_process_max_fds",
 			"RLIMIT_NOFILE (soft) of a process that owns a listener.", []string{"pid", "comm"}, nil),
 	}
+}
+
+// WithPods names the listeners' pods in the sentences; call before Run.
+func (d *Doctor) WithPods(n *pods.Names) *Doctor {
+	d.pods = n
+	return d
 }
 
 // Run diagnoses every interval until ctx ends.
@@ -102,9 +110,15 @@ func (d *Doctor) Step() []Finding {
 			s = readSettings(d.proc, l.Key.Netns)
 			settings[l.Key.Netns] = s
 		}
-		fs := Diagnose(prev, l, interval, s, readProcess(d.proc, l.PID))
+		p := readProcess(d.proc, l.PID)
+		p.Pod = d.pods.Of(l.PID)
+		if p.Pod.UID == "" {
+			p.Pod = d.pods.OfNetns(l.Key.Netns)
+		}
+		fs := Diagnose(prev, l, interval, s, p)
 		for _, f := range fs {
 			d.log.Warn().Str("listener", l.Key.String()).Uint32("pid", l.PID).Str("comm", l.Comm).
+				Str("namespace", p.Pod.Namespace).Str("pod", p.Pod.Name).Str("container", p.Pod.Container).
 				Str("cause", string(f.Cause)).Str("knob", f.Knob).Uint64("count", f.Count).Msg(f.Message)
 		}
 		found = append(found, fs...)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/procfs"
+	"github.com/listenwatch/listenwatch/pods"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -60,6 +61,7 @@ type descs struct {
 	incomplete                                           typedDesc
 	hookInfo, lost, records, decodeErrors, unattributed  typedDesc
 	recursionMisses, runSeconds, runs, sourceSuccess     typedDesc
+	podNames, criErrors                                  typedDesc
 	// Histograms are built from their own state, not from a value type.
 	queueLenHist, handshakeDur, queueWait, synToAccept *prometheus.Desc
 }
@@ -73,6 +75,7 @@ func (d *descs) all() []*prometheus.Desc {
 		d.acceptQLen, d.synQLen, d.incomplete,
 		d.hookInfo, d.lost, d.records, d.decodeErrors, d.unattributed,
 		d.recursionMisses, d.runSeconds, d.runs, d.sourceSuccess,
+		d.podNames, d.criErrors,
 	} {
 		out = append(out, t.desc)
 	}
@@ -83,7 +86,8 @@ func (d *descs) all() []*prometheus.Desc {
 // ring-buffer reader; Collect by any number of scrapes.
 type Collector struct {
 	src  Source
-	proc procfs.FS // where the owners' cgroups are read
+	proc procfs.FS // where the owners' comm is read
+	pods *pods.Names
 	log  zerolog.Logger
 	d    descs
 
@@ -112,7 +116,7 @@ func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 		return typedDesc{desc(name, help, labels...), prometheus.GaugeValue}
 	}
 	ll := listenerLabels
-	c := &Collector{src: src, proc: proc, log: log, d: descs{
+	c := &Collector{src: src, proc: proc, pods: pods.NewNames(proc, nil), log: log, d: descs{
 		syns:         counter("listener_syns_received_total", "SYNs that reached the listener: queued, answered with a cookie, or dropped.", ll...),
 		handshakes:   counter("listener_handshakes_completed_total", "Handshakes completed: child sockets put in the accept queue.", ll...),
 		accepted:     counter("listener_connections_accepted_total", "Connections returned to the application by accept().", ll...),
@@ -125,7 +129,7 @@ func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 		cookies:      counter("listener_syncookies_sent_total", "SYNs answered with a SYN cookie because the SYN queue was full.", ll...),
 		synackRetx:   counter("listener_synack_retransmits_total", "SYN-ACKs retransmitted: final ACKs lost or clients that never complete.", ll...),
 		acceptErrors: counter("listener_accept_errors_total", "accept() calls that failed for want of a file descriptor, by errno (EMFILE: process limit, ENFILE: system limit); the connection stays queued.", append(ll, "errno")...),
-		info:         gauge("listener_info", "Processes that own the listener (called listen() or accept() on it and still run; up to 4), and their Kubernetes pod UID (join with kube_pod_info{uid}) when they run in one: one series per process.", append(ll, "pid", "comm", "pod_uid")...),
+		info:         gauge("listener_info", "Processes that own the listener (called listen() or accept() on it and still run; up to 4) and, in Kubernetes, their pod UID, namespace, pod and container names (from the container runtime; names empty without one): one series per process. When no owner runs, the pod whose sandbox owns the network namespace. Join: * on(netns, addr, port) group_left(namespace, pod) listenwatch_listener_info.", append(ll, "pid", "comm", "pod_uid", "namespace", "pod", "container")...),
 		incomplete:   counter("incomplete_connections_total", "Accepted connections with a stage not observed (agent started later, SYN cookie, or record evicted): counted, never timed.", append(ll, "missing")...),
 
 		queueLenHist: desc("accept_queue_length_at_connection", "Accept-queue length when each accepted connection was queued, itself included: how close to the backlog the listener runs.", ll...),
@@ -142,10 +146,19 @@ func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 		recursionMisses: counter("bpf_recursion_misses_total", "Program runs the kernel skipped because it was already running on that CPU.", "program"),
 		runSeconds:      counter("bpf_run_seconds_total", "CPU time spent in the program (only while kernel.bpf_stats_enabled=1).", "program"),
 		runs:            counter("bpf_runs_total", "Runs of the program (only while kernel.bpf_stats_enabled=1).", "program"),
+		podNames:        gauge("pod_names_info", "Where pod names come from: source=cri (the container runtime at endpoint) or none (pod UIDs from cgroups only, no names).", "source", "endpoint", "runtime"),
+		criErrors:       counter("cri_refresh_errors_total", "Refreshes of the pod-name cache that failed (the container runtime did not answer); names may be stale."),
 		sourceSuccess:   gauge("scrape_source_success", "1 when this scrape read the source (listeners, counters, programs) from the kernel, 0 when it failed (the error is logged).", "source"),
 	}}
 	m := map[events.ListenerKey]*listenerState{}
 	c.listeners.Store(&m)
+	return c
+}
+
+// WithPods names owners' pods with n (its CRI resolver, when it has one);
+// call before registering.
+func (c *Collector) WithPods(n *pods.Names) *Collector {
+	c.pods = n
 	return c
 }
 
@@ -216,7 +229,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ls, err := c.src.Listeners()
 	c.sourceRead(ch, sourceListeners, err)
 	// One /proc read per process and scrape, not per listener.
-	pods, comms := map[uint32]string{}, map[uint32]string{}
+	owned, comms := map[uint32]pods.Pod{}, map[uint32]string{}
 	for _, l := range ls {
 		lv := listenerLabelValues(l.Key)
 		ch <- d.syns.metric(float64(l.SYNs), lv...)
@@ -234,7 +247,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- d.synackRetx.metric(float64(l.SynackRetrans), lv...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
 		ch <- d.acceptErrors.metric(float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
-		c.ownerInfo(ch, &l, lv, pods, comms)
+		c.ownerInfo(ch, &l, lv, owned, comms)
 	}
 
 	c.evict(ls, err == nil)
@@ -256,6 +269,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, h := range c.src.Hooks() {
 		ch <- d.hookInfo.metric(1, string(h.Stage), string(h.Mode))
 	}
+	source, endpoint, runtime := c.pods.Source()
+	ch <- d.podNames.metric(1, source, endpoint, runtime)
+	var criErrs uint64
+	if r := c.pods.Resolver(); r != nil {
+		_, criErrs, _, _ = r.Stats()
+	}
+	ch <- d.criErrors.metric(float64(criErrs))
 
 	cs, err := c.src.Counters()
 	c.sourceRead(ch, sourceCounters, err)
@@ -280,7 +300,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // ownerInfo emits listener_info once per owning process that still runs;
 // when none does (or the owners are unknown), once for the process the
 // kernel last saw.
-func (c *Collector) ownerInfo(ch chan<- prometheus.Metric, l *events.Listener, lv []string, pods, comms map[uint32]string) {
+func (c *Collector) ownerInfo(ch chan<- prometheus.Metric, l *events.Listener, lv []string, owned map[uint32]pods.Pod, comms map[uint32]string) {
+	info := func(pid uint32, comm string, p pods.Pod) {
+		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(pid), 10), comm, p.UID, p.Namespace, p.Name, p.Container)...)
+	}
 	n := 0
 	for i, pid := range l.Owners {
 		if pid == 0 || slices.Contains(l.Owners[:i], pid) {
@@ -292,15 +315,25 @@ func (c *Collector) ownerInfo(ch chan<- prometheus.Metric, l *events.Listener, l
 				comm = strings.TrimSpace(string(b))
 			}
 			comms[pid] = comm // "" once: exited
+			owned[pid] = c.pods.Of(pid)
 		}
 		if comm == "" {
 			continue
 		}
-		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(pid), 10), comm, pod(c.proc, pods, pid))...)
+		info(pid, comm, owned[pid])
 		n++
 	}
 	if n == 0 {
-		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(l.PID), 10), l.Comm, pod(c.proc, pods, l.PID))...)
+		// No owner runs: the pod whose network namespace it is, if any.
+		p, ok := owned[l.PID]
+		if !ok {
+			p = c.pods.Of(l.PID)
+			owned[l.PID] = p
+		}
+		if p.UID == "" {
+			p = c.pods.OfNetns(l.Key.Netns)
+		}
+		info(l.PID, l.Comm, p)
 	}
 }
 

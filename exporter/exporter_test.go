@@ -51,9 +51,9 @@ listenwatch_listener_connections_accepted_total{addr="10.0.0.5",netns="402653184
 # HELP listenwatch_listener_handshakes_completed_total Handshakes completed: child sockets put in the accept queue.
 # TYPE listenwatch_listener_handshakes_completed_total counter
 listenwatch_listener_handshakes_completed_total{addr="10.0.0.5",netns="4026531840",port="8080"} 11
-# HELP listenwatch_listener_info Processes that own the listener (called listen() or accept() on it and still run; up to 4), and their Kubernetes pod UID (join with kube_pod_info{uid}) when they run in one: one series per process.
+# HELP listenwatch_listener_info Processes that own the listener (called listen() or accept() on it and still run; up to 4) and, in Kubernetes, their pod UID, namespace, pod and container names (from the container runtime; names empty without one): one series per process. When no owner runs, the pod whose sandbox owns the network namespace. Join: * on(netns, addr, port) group_left(namespace, pod) listenwatch_listener_info.
 # TYPE listenwatch_listener_info gauge
-listenwatch_listener_info{addr="10.0.0.5",comm="nginx",netns="4026531840",pid="4242",pod_uid="",port="8080"} 1
+listenwatch_listener_info{addr="10.0.0.5",comm="nginx",container="",namespace="",netns="4026531840",pid="4242",pod="",pod_uid="",port="8080"} 1
 # HELP listenwatch_listener_syns_received_total SYNs that reached the listener: queued, answered with a cookie, or dropped.
 # TYPE listenwatch_listener_syns_received_total counter
 listenwatch_listener_syns_received_total{addr="10.0.0.5",netns="4026531840",port="8080"} 12
@@ -282,11 +282,11 @@ func TestListenerInfoEveryOwner(t *testing.T) {
 	f.listeners = append(f.listeners, gone)
 	c := New(f, procfs.New("testdata/proc"), zerolog.Nop())
 	want := `
-# HELP listenwatch_listener_info Processes that own the listener (called listen() or accept() on it and still run; up to 4), and their Kubernetes pod UID (join with kube_pod_info{uid}) when they run in one: one series per process.
+# HELP listenwatch_listener_info Processes that own the listener (called listen() or accept() on it and still run; up to 4) and, in Kubernetes, their pod UID, namespace, pod and container names (from the container runtime; names empty without one): one series per process. When no owner runs, the pod whose sandbox owns the network namespace. Join: * on(netns, addr, port) group_left(namespace, pod) listenwatch_listener_info.
 # TYPE listenwatch_listener_info gauge
-listenwatch_listener_info{addr="10.0.0.5",comm="nginx",netns="4026531840",pid="4242",pod_uid="0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b",port="8080"} 1
-listenwatch_listener_info{addr="10.0.0.5",comm="envoy",netns="4026531840",pid="4343",pod_uid="4c7a2e1b-93f0-4d2a-8a8e-0b6a7f7e2c11",port="8080"} 1
-listenwatch_listener_info{addr="10.0.0.6",comm="old",netns="1",pid="7",pod_uid="",port="80"} 1
+listenwatch_listener_info{addr="10.0.0.5",comm="nginx",container="",namespace="",netns="4026531840",pid="4242",pod="",pod_uid="0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b",port="8080"} 1
+listenwatch_listener_info{addr="10.0.0.5",comm="envoy",container="",namespace="",netns="4026531840",pid="4343",pod="",pod_uid="4c7a2e1b-93f0-4d2a-8a8e-0b6a7f7e2c11",port="8080"} 1
+listenwatch_listener_info{addr="10.0.0.6",comm="old",container="",namespace="",netns="1",pid="7",pod="",pod_uid="",port="80"} 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "listenwatch_listener_info"); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,7 @@
 #   vm: also qemu for make vmtest; stress: also stress-ng for make test-under-load
 set -eu
 
-pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps"
+pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps containerd runc containernetworking-plugins"
 for arg in "$@"; do
 	case $arg in
 	vm) pkgs="$pkgs qemu-system-x86 busybox-static cpio" ;;

@@ -37,7 +37,11 @@ type Config struct {
 	LogFormat     string // auto, console, json
 	// DiagnosisInterval is how often drops are turned into hints.
 	DiagnosisInterval time.Duration
-	Loader            loader.Config
+	// CRIEndpoint is the container runtime's socket for pod names: "" tries
+	// the usual paths, "none" disables names.
+	CRIEndpoint        string
+	CRIRefreshInterval time.Duration
+	Loader             loader.Config
 }
 
 var errHelp = errors.New("help requested")
@@ -109,6 +113,9 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 	if cfg.DiagnosisInterval < time.Second {
 		return cfg, fmt.Errorf("--diagnosis-interval %v: must be at least 1s", cfg.DiagnosisInterval)
 	}
+	if cfg.CRIRefreshInterval < time.Second {
+		return cfg, fmt.Errorf("--cri-refresh-interval %v: must be at least 1s", cfg.CRIRefreshInterval)
+	}
 	if err := cfg.Loader.Validate(); err != nil {
 		return cfg, err
 	}
@@ -140,6 +147,8 @@ func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.Fla
 		cfg.Loader.Proc = procfs.New(v)
 		return nil
 	})
+	fs.StringVar(&cfg.CRIEndpoint, "cri-endpoint", "", "container runtime (CRI) socket for pod, namespace and container names, e.g. unix:///run/containerd/containerd.sock; empty: the first of containerd, CRI-O, k3s, k0s, microk8s, cri-dockerd that answers; none: no names (pod UIDs only)")
+	fs.DurationVar(&cfg.CRIRefreshInterval, "cri-refresh-interval", 10*time.Second, "how often the runtime's container and sandbox lists are read (a new container is also looked up within a second of being seen)")
 	fs.DurationVar(&cfg.Loader.ClosedRetention, "closed-listener-retention", loader.DefaultClosedRetention, "how long a closed listener's final counters stay exported before it is forgotten")
 	fs.DurationVar(&cfg.Loader.PollInterval, "poll-interval", loader.DefaultPollInterval, "how often the ring buffer is drained when the kernel has not woken the reader")
 	return fs

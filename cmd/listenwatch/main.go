@@ -16,9 +16,11 @@ import (
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/exporter"
 	"github.com/listenwatch/listenwatch/loader"
+	"github.com/listenwatch/listenwatch/pods"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
 )
 
 // maxScrapesInFlight bounds concurrent /metrics collections.
@@ -37,6 +39,27 @@ func main() {
 		fmt.Fprintf(os.Stderr, "listenwatch: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// podNames connects to the container runtime for pod names. A configured
+// endpoint that does not answer is an error; when none is configured and
+// none of the usual ones answers, names are off and that is said once.
+func podNames(ctx context.Context, cfg Config, log zerolog.Logger) (*pods.Names, error) {
+	if cfg.CRIEndpoint == "none" {
+		log.Info().Msg("pod names off (--cri-endpoint=none): listener_info carries pod UIDs only")
+		return pods.NewNames(cfg.Loader.Proc, nil), nil
+	}
+	r, err := pods.Discover(ctx, cfg.CRIEndpoint, cfg.Loader.Proc, cfg.CRIRefreshInterval, log)
+	if err != nil {
+		if cfg.CRIEndpoint != "" {
+			return nil, fmt.Errorf("--cri-endpoint: %w", err)
+		}
+		log.Info().Str("reason", err.Error()).Msg("no container runtime found: listener_info carries pod UIDs only, no pod names (set --cri-endpoint)")
+		return pods.NewNames(cfg.Loader.Proc, nil), nil
+	}
+	log.Info().Str("endpoint", r.Endpoint).Str("runtime", r.Runtime).Msg("pod names from the container runtime")
+	go r.Run(ctx)
+	return pods.NewNames(cfg.Loader.Proc, r), nil
 }
 
 // run is the whole pipeline: kernel -> ring buffer -> collector -> HTTP.
@@ -61,14 +84,18 @@ func run(cfg Config) error {
 	}
 	defer tracer.Close()
 
-	collector := exporter.New(tracer, cfg.Loader.Proc, log.With().Str("component", "exporter").Logger())
-	doctor := diagnose.New(tracer, cfg.Loader.Proc, cfg.DiagnosisInterval, log.With().Str("component", "diagnose").Logger())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	names, err := podNames(ctx, cfg, log.With().Str("component", "cri").Logger())
+	if err != nil {
+		return err
+	}
+	collector := exporter.New(tracer, cfg.Loader.Proc, log.With().Str("component", "exporter").Logger()).WithPods(names)
+	doctor := diagnose.New(tracer, cfg.Loader.Proc, cfg.DiagnosisInterval, log.With().Str("component", "diagnose").Logger()).WithPods(names)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector, doctor, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 
 	readErr := make(chan error, 1)
 	go func() {

@@ -50,7 +50,16 @@ func (n *NS) Delete() error {
 
 // Open opens an existing named namespace.
 func Open(name string) (*NS, error) {
-	path := "/var/run/netns/" + name
+	ns, err := OpenPath("/var/run/netns/" + name)
+	if err == nil {
+		ns.Name = name
+	}
+	return ns, err
+}
+
+// OpenPath opens a namespace by path, such as a pod's /proc/<pid>/ns/net.
+// Its Name is the path; Close it, do not Delete it.
+func OpenPath(path string) (*NS, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -60,8 +69,11 @@ func Open(name string) (*NS, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return &NS{Name: name, Inode: uint32(st.Ino), fd: fd}, nil
+	return &NS{Name: path, Inode: uint32(st.Ino), fd: fd}, nil
 }
+
+// Close releases the namespace without removing it.
+func (n *NS) Close() error { return unix.Close(n.fd) }
 
 // Do runs f on an OS thread inside the namespace. Sockets created in f
 // stay in the namespace after it returns, whatever thread uses them.
