@@ -8,6 +8,7 @@ import (
 
 	"github.com/listenwatch/listenwatch/events"
 	"github.com/listenwatch/listenwatch/internal/procfs"
+	"github.com/listenwatch/listenwatch/pods"
 	"github.com/rs/zerolog"
 )
 
@@ -141,5 +142,22 @@ func TestReadProcess(t *testing.T) {
 	}
 	if p := readProcess(proc, 4343); p.OpenFDs != -1 || p.Limit != -1 {
 		t.Errorf("a process that is gone: %+v, want unknown", p)
+	}
+}
+
+func TestOwnerNamesThePod(t *testing.T) {
+	l := events.Listener{Key: events.ListenerKey{Netns: 1, Addr: netip.MustParseAddr("0.0.0.0"), Port: 80}, PID: 7, Comm: "nginx"}
+	for _, tc := range []struct {
+		p    pods.Pod
+		want string
+	}{
+		{pods.Pod{UID: "u", Namespace: "shop", Name: "web-0", Container: "nginx"}, "(pod shop/web-0 container nginx, pid 7 nginx)"},
+		{pods.Pod{UID: "u", Namespace: "shop", Name: "web-0"}, "(pod shop/web-0, pid 7 nginx)"},
+		{pods.Pod{UID: "u"}, "(pod uid u, pid 7 nginx)"},
+		{pods.Pod{}, "(pid 7 nginx)"},
+	} {
+		if got := owner(l, tc.p); !strings.HasSuffix(got, tc.want) {
+			t.Errorf("owner(%+v) = %q, want suffix %q", tc.p, got, tc.want)
+		}
 	}
 }
