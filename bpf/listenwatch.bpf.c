@@ -92,7 +92,13 @@ const enum lw_limits *unused_limits __attribute__((unused));
 
 /* The pipeline, in order: helpers first, then one header per stage. One
  * object, one generate line (loader/gen.go). */
+#if defined(__TARGET_ARCH_arm64)
+#include "lib/arch_arm64.h"
+#elif defined(__TARGET_ARCH_x86)
 #include "lib/arch_x86.h"
+#else
+#error "listenwatch: no register layout for this architecture (bpf/lib/arch_*.h)"
+#endif
 #include "lib/listener.h"
 #include "lib/kprobe_args.h"
 #include "stage/registry.bpf.h"
