@@ -301,7 +301,7 @@ func (c *containerd) runPod(t *testing.T, p *pod, hostNetwork bool, args ...stri
 			Metadata: &runtimeapi.ContainerMetadata{Name: p.container},
 			Image:    &runtimeapi.ImageSpec{Image: pauseImage},
 			Command:  []string{"/podapp"}, Args: args,
-			Labels:   clabels, LogPath: p.container + ".log",
+			Labels: clabels, LogPath: p.container + ".log",
 			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: netMode, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD},
 			}},
