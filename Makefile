@@ -6,12 +6,28 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest
 
-.PHONY: all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
+.PHONY: image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
 
 all: build
 
+# Version stamped into the binary and the image: from git, reproducible
+# (the date is the commit's, not the build's).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+CREATED  ?= $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(REVISION) -X main.buildDate=$(CREATED)
+IMAGE    ?= localhost/listenwatch:$(VERSION)
+
 build:
-	$(GO) build $(GOFLAGS) -o $(BIN) ./cmd/listenwatch
+	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/listenwatch
+
+# The OCI image (amd64 and arm64, FROM scratch, no daemon needed):
+# bin/listenwatch-image.tar, to import with
+# `ctr -n k8s.io images import bin/listenwatch-image.tar` on a node, or to
+# push with `skopeo copy oci-archive:bin/listenwatch-image.tar docker://REGISTRY/listenwatch:TAG`.
+image:
+	@mkdir -p bin
+	$(GO) run ./cmd/mkimage -o bin/listenwatch-image.tar -name $(IMAGE) -version $(VERSION) -revision "$(REVISION)" -created "$(CREATED)"
 
 # The exporter on this host with the default configuration (metrics on :9810).
 run: build

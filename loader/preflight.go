@@ -60,3 +60,12 @@ func privilegeHint(err error) string {
 	}
 	return ""
 }
+
+// KernelRelease is uname -r, or "unknown".
+func KernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}

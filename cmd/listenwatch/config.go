@@ -44,9 +44,13 @@ type Config struct {
 	Loader             loader.Config
 }
 
-var errHelp = errors.New("help requested")
+var (
+	errHelp    = errors.New("help requested")
+	errVersion = errors.New("version requested")
+)
 
 const usage = `usage: listenwatch run [flags]
+       listenwatch version
 
 Traces SYN -> handshake -> accept on every TCP listener of this host (all
 network namespaces) and serves Prometheus metrics.
@@ -66,8 +70,15 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 		fs.PrintDefaults()
 		return Config{}, errHelp
 	}
+	if args[0] == "version" || args[0] == "--version" || args[0] == "-version" {
+		if len(args) > 1 {
+			return Config{}, fmt.Errorf("version takes no arguments (got %q)", args[1])
+		}
+		printVersion(out)
+		return Config{}, errVersion
+	}
 	if args[0] != "run" {
-		return Config{}, fmt.Errorf("unknown command %q (want: listenwatch run)", args[0])
+		return Config{}, fmt.Errorf("unknown command %q (want: listenwatch run, listenwatch version)", args[0])
 	}
 	var (
 		cfg         Config

@@ -28,6 +28,9 @@ const maxScrapesInFlight = 8
 
 func main() {
 	cfg, err := parseArgs(os.Args[1:], os.Stdout)
+	if errors.Is(err, errVersion) {
+		os.Exit(0)
+	}
 	if errors.Is(err, errHelp) {
 		os.Exit(0)
 	}

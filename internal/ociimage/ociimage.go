@@ -85,47 +85,14 @@ func layer(files []File, mtime time.Time) (gz []byte, diffID string, err error) 
 	return z.Bytes(), digest(raw.Bytes()), nil
 }
 
-// Write writes the image as an OCI layout archive to w.
-func Write(w io.Writer, img Image) error {
-	if img.Arch == "" || img.Name == "" {
-		return fmt.Errorf("ociimage: name and arch are required")
+// Write writes an OCI layout archive to w holding one image per platform
+// (amd64 and arm64 of the same program) under one name.
+func Write(w io.Writer, imgs ...Image) error {
+	if len(imgs) == 0 {
+		return fmt.Errorf("ociimage: no image")
 	}
-	created := img.Created.UTC()
-	gz, diffID, err := layer(img.Files, created)
-	if err != nil {
-		return fmt.Errorf("ociimage: layer: %w", err)
-	}
-	config, _ := json.Marshal(map[string]any{
-		"created":      created.Format(time.RFC3339),
-		"architecture": img.Arch,
-		"os":           "linux",
-		"config": map[string]any{
-			"Entrypoint": img.Entrypoint,
-			"Cmd":        img.Cmd,
-			"User":       img.User,
-			"Labels":     img.Labels,
-		},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
-	})
-	manifest, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
-		"config":        descriptor{MediaType: "application/vnd.oci.image.config.v1+json", Digest: digest(config), Size: int64(len(config))},
-		"layers":        []descriptor{{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: digest(gz), Size: int64(len(gz))}},
-		"annotations":   img.Labels,
-	})
-	index, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"manifests": []descriptor{{
-			MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest(manifest), Size: int64(len(manifest)),
-			Annotations: map[string]string{
-				"io.containerd.image.name":          img.Name,
-				"org.opencontainers.image.ref.name": img.Name,
-			},
-			Platform: &platform{Architecture: img.Arch, OS: "linux"},
-		}},
-	})
 	tw := tar.NewWriter(w)
+	created := imgs[0].Created.UTC()
 	put := func(name string, b []byte) error {
 		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: created, Typeflag: tar.TypeReg}); err != nil {
 			return err
@@ -134,42 +101,54 @@ func Write(w io.Writer, img Image) error {
 		return err
 	}
 	blob := func(b []byte) string { return "blobs/sha256/" + digest(b)[len("sha256:"):] }
-	for _, e := range []struct {
-		name string
-		b    []byte
-	}{
-		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
-		{blob(gz), gz}, {blob(config), config}, {blob(manifest), manifest},
-		{"index.json", index},
-	} {
-		if err := put(e.name, e.b); err != nil {
-			return fmt.Errorf("ociimage: %s: %w", e.name, err)
+	if err := put("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return err
+	}
+	var manifests []descriptor
+	for _, img := range imgs {
+		if img.Arch == "" || img.Name == "" || img.Name != imgs[0].Name {
+			return fmt.Errorf("ociimage: every image needs an arch and the same name")
 		}
+		gz, diffID, err := layer(img.Files, created)
+		if err != nil {
+			return fmt.Errorf("ociimage: layer: %w", err)
+		}
+		config, _ := json.Marshal(map[string]any{
+			"created":      created.Format(time.RFC3339),
+			"architecture": img.Arch,
+			"os":           "linux",
+			"config": map[string]any{
+				"Entrypoint": img.Entrypoint,
+				"Cmd":        img.Cmd,
+				"User":       img.User,
+				"Labels":     img.Labels,
+			},
+			"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
+		})
+		manifest, _ := json.Marshal(map[string]any{
+			"schemaVersion": 2,
+			"mediaType":     "application/vnd.oci.image.manifest.v1+json",
+			"config":        descriptor{MediaType: "application/vnd.oci.image.config.v1+json", Digest: digest(config), Size: int64(len(config))},
+			"layers":        []descriptor{{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: digest(gz), Size: int64(len(gz))}},
+			"annotations":   img.Labels,
+		})
+		for _, b := range [][]byte{gz, config, manifest} {
+			if err := put(blob(b), b); err != nil {
+				return fmt.Errorf("ociimage: %w", err)
+			}
+		}
+		manifests = append(manifests, descriptor{
+			MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest(manifest), Size: int64(len(manifest)),
+			Annotations: map[string]string{
+				"io.containerd.image.name":          img.Name,
+				"org.opencontainers.image.ref.name": img.Name,
+			},
+			Platform: &platform{Architecture: img.Arch, OS: "linux"},
+		})
+	}
+	index, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": manifests})
+	if err := put("index.json", index); err != nil {
+		return err
 	}
 	return tw.Close()
-}
-
-// Digest returns the manifest digest Write would produce, for labels and
-// logs.
-func Digest(img Image) (string, error) {
-	var b bytes.Buffer
-	if err := Write(&b, img); err != nil {
-		return "", err
-	}
-	tr := tar.NewReader(&b)
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			return "", err
-		}
-		if h.Name == "index.json" {
-			var idx struct {
-				Manifests []descriptor `json:"manifests"`
-			}
-			if err := json.NewDecoder(tr).Decode(&idx); err != nil {
-				return "", err
-			}
-			return idx.Manifests[0].Digest, nil
-		}
-	}
 }
