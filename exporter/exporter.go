@@ -41,6 +41,22 @@ func (d typedDesc) metric(v float64, labels ...string) prometheus.Metric {
 	return prometheus.MustNewConstMetric(d.desc, d.valueType, v, labels...)
 }
 
+// Options choose the optional, per-listener families: each costs series
+// on every listener of every node, so the default is what answers the
+// on-call questions (is it dropping, how slow, network or application)
+// at 38 series per listener (108 before these options existed).
+type Options struct {
+	// LatencySplit adds the handshake-duration and accept-queue-wait
+	// histograms (15 series each). Without it their sums are still
+	// exported as counters: mean handshake vs mean wait per listener.
+	LatencySplit bool
+	// QueueLengthHistogram adds the accept-queue length at each connection
+	// (21 series); the current length is a gauge either way.
+	QueueLengthHistogram bool
+	// Filter chooses the listeners that get series (zero: all).
+	Filter Filter
+}
+
 // listenerState is the userspace side of one listener: its histograms and
 // the connections it could not time.
 type listenerState struct {
@@ -58,24 +74,30 @@ type descs struct {
 	syns, handshakes, accepted, sockets, backlog, info   typedDesc
 	reqBacklog, drops, cookies, synackRetx, acceptErrors typedDesc
 	acceptQLen, synQLen                                  typedDesc
-	incomplete                                           typedDesc
+	incomplete, handshakeSum, waitSum                    typedDesc
 	hookInfo, lost, records, decodeErrors, unattributed  typedDesc
 	recursionMisses, runSeconds, runs, sourceSuccess     typedDesc
-	podNames, criErrors                                  typedDesc
+	podNames, criErrors, listenerCount                   typedDesc
 	// Histograms are built from their own state, not from a value type.
 	queueLenHist, handshakeDur, queueWait, synToAccept *prometheus.Desc
 }
 
-// all lists every descriptor once, for Describe.
-func (d *descs) all() []*prometheus.Desc {
-	out := []*prometheus.Desc{d.queueLenHist, d.handshakeDur, d.queueWait, d.synToAccept}
+// all lists every descriptor the options enable once, for Describe.
+func (d *descs) all(o Options) []*prometheus.Desc {
+	out := []*prometheus.Desc{d.synToAccept}
+	if o.LatencySplit {
+		out = append(out, d.handshakeDur, d.queueWait)
+	}
+	if o.QueueLengthHistogram {
+		out = append(out, d.queueLenHist)
+	}
 	for _, t := range []typedDesc{
 		d.syns, d.handshakes, d.accepted, d.sockets, d.backlog, d.info,
 		d.reqBacklog, d.drops, d.cookies, d.synackRetx, d.acceptErrors,
-		d.acceptQLen, d.synQLen, d.incomplete,
+		d.acceptQLen, d.synQLen, d.incomplete, d.handshakeSum, d.waitSum,
 		d.hookInfo, d.lost, d.records, d.decodeErrors, d.unattributed,
 		d.recursionMisses, d.runSeconds, d.runs, d.sourceSuccess,
-		d.podNames, d.criErrors,
+		d.podNames, d.criErrors, d.listenerCount,
 	} {
 		out = append(out, t.desc)
 	}
@@ -88,6 +110,7 @@ type Collector struct {
 	src  Source
 	proc procfs.FS // where the owners' comm is read
 	pods *pods.Names
+	opts Options
 	log  zerolog.Logger
 	d    descs
 
@@ -130,6 +153,8 @@ func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 		synackRetx:   counter("listener_synack_retransmits_total", "SYN-ACKs retransmitted: final ACKs lost or clients that never complete.", ll...),
 		acceptErrors: counter("listener_accept_errors_total", "accept() calls that failed for want of a file descriptor, by errno (EMFILE: process limit, ENFILE: system limit); the connection stays queued.", append(ll, "errno")...),
 		info:         gauge("listener_info", "Processes that own the listener (called listen() or accept() on it and still run; up to 4) and, in Kubernetes, their pod UID, namespace, pod and container names (from the container runtime; names empty without one): one series per process. When no owner runs, the pod whose sandbox owns the network namespace. Join: * on(netns, addr, port) group_left(namespace, pod) listenwatch_listener_info.", append(ll, "pid", "comm", "pod_uid", "namespace", "pod", "container")...),
+		handshakeSum: counter("handshake_seconds_total", "Sum of the handshake durations (SYN-ACK sent -> final ACK) of accepted connections: divided by the rate of listenwatch_listener_connections_accepted_total it is the mean; compare with listenwatch_accept_queue_wait_time_seconds_total (network or application?).", ll...),
+		waitSum:      counter("accept_queue_wait_time_seconds_total", "Sum of the accept-queue waits (handshake complete -> accept() returned) of accepted connections: the application's share of the latency.", ll...),
 		incomplete:   counter("incomplete_connections_total", "Accepted connections with a stage not observed (agent started later, SYN cookie, or record evicted): counted, never timed.", append(ll, "missing")...),
 
 		queueLenHist: desc("accept_queue_length_at_connection", "Accept-queue length when each accepted connection was queued, itself included: how close to the backlog the listener runs.", ll...),
@@ -146,12 +171,19 @@ func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 		recursionMisses: counter("bpf_recursion_misses_total", "Program runs the kernel skipped because it was already running on that CPU.", "program"),
 		runSeconds:      counter("bpf_run_seconds_total", "CPU time spent in the program (only while kernel.bpf_stats_enabled=1).", "program"),
 		runs:            counter("bpf_runs_total", "Runs of the program (only while kernel.bpf_stats_enabled=1).", "program"),
+		listenerCount:   gauge("listeners", "Listeners known to the kernel side, by state: exported (with series) or filtered (left out by --listen-ports or the namespace selectors).", "state"),
 		podNames:        gauge("pod_names_info", "Where pod names come from: source=cri (the container runtime at endpoint) or none (pod UIDs from cgroups only, no names).", "source", "endpoint", "runtime"),
 		criErrors:       counter("cri_refresh_errors_total", "Refreshes of the pod-name cache that failed (the container runtime did not answer); names may be stale."),
 		sourceSuccess:   gauge("scrape_source_success", "1 when this scrape read the source (listeners, counters, programs) from the kernel, 0 when it failed (the error is logged).", "source"),
 	}}
 	m := map[events.ListenerKey]*listenerState{}
 	c.listeners.Store(&m)
+	return c
+}
+
+// WithOptions enables optional families; call before registering.
+func (c *Collector) WithOptions(o Options) *Collector {
+	c.opts = o
 	return c
 }
 
@@ -218,7 +250,7 @@ func (c *Collector) Observe(conn *events.Conn) {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range c.d.all() {
+	for _, d := range c.d.all(c.opts) {
 		ch <- d
 	}
 }
@@ -230,7 +262,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.sourceRead(ch, sourceListeners, err)
 	// One /proc read per process and scrape, not per listener.
 	owned, comms := map[uint32]pods.Pod{}, map[uint32]string{}
+	f := &c.opts.Filter
+	var filtered map[events.ListenerKey]bool
 	for _, l := range ls {
+		if !f.port(l.Key) || (f.byNamespace() && !f.namespace(c.listenerPod(&l, owned, comms).Namespace)) {
+			if filtered == nil {
+				filtered = map[events.ListenerKey]bool{}
+			}
+			filtered[l.Key] = true
+			continue
+		}
 		lv := listenerLabelValues(l.Key)
 		ch <- d.syns.metric(float64(l.SYNs), lv...)
 		ch <- d.handshakes.metric(float64(l.Handshakes), lv...)
@@ -249,18 +290,28 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- d.acceptErrors.metric(float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)
 		c.ownerInfo(ch, &l, lv, owned, comms)
 	}
+	ch <- d.listenerCount.metric(float64(len(ls)-len(filtered)), "exported")
+	ch <- d.listenerCount.metric(float64(len(filtered)), "filtered")
 
 	c.evict(ls, err == nil)
-	for _, s := range *c.listeners.Load() {
-		for _, h := range []struct {
-			d *prometheus.Desc
-			h *hist
-		}{{d.handshakeDur, &s.handshake}, {d.queueWait, &s.wait}, {d.synToAccept, &s.total}} {
-			n, sum, b := h.h.snapshot()
-			ch <- prometheus.MustNewConstHistogram(h.d, n, sum, b, s.labels...)
+	for k, s := range *c.listeners.Load() {
+		if filtered[k] || !f.port(k) {
+			continue
 		}
-		n, sum, b := s.queueLen.snapshot()
-		ch <- prometheus.MustNewConstHistogram(d.queueLenHist, n, sum, b, s.labels...)
+		n, sum, b := s.total.snapshot()
+		ch <- prometheus.MustNewConstHistogram(d.synToAccept, n, sum, b, s.labels...)
+		ch <- d.handshakeSum.metric(s.handshake.sumSeconds(), s.labels...)
+		ch <- d.waitSum.metric(s.wait.sumSeconds(), s.labels...)
+		if c.opts.LatencySplit {
+			n, sum, b = s.handshake.snapshot()
+			ch <- prometheus.MustNewConstHistogram(d.handshakeDur, n, sum, b, s.labels...)
+			n, sum, b = s.wait.snapshot()
+			ch <- prometheus.MustNewConstHistogram(d.queueWait, n, sum, b, s.labels...)
+		}
+		if c.opts.QueueLengthHistogram {
+			n, sum, b := s.queueLen.snapshot()
+			ch <- prometheus.MustNewConstHistogram(d.queueLenHist, n, sum, b, s.labels...)
+		}
 		for i, m := range []events.Missing{events.MissingSYN, events.MissingHandshake, events.MissingInvalid} {
 			ch <- d.incomplete.metric(float64(s.incomplete[i].Load()), append(s.labels[:3:3], m.String())...)
 		}
@@ -301,40 +352,50 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // when none does (or the owners are unknown), once for the process the
 // kernel last saw.
 func (c *Collector) ownerInfo(ch chan<- prometheus.Metric, l *events.Listener, lv []string, owned map[uint32]pods.Pod, comms map[uint32]string) {
-	info := func(pid uint32, comm string, p pods.Pod) {
-		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(pid), 10), comm, p.UID, p.Namespace, p.Name, p.Container)...)
-	}
 	n := 0
 	for i, pid := range l.Owners {
 		if pid == 0 || slices.Contains(l.Owners[:i], pid) {
 			continue
 		}
-		comm, seen := comms[pid]
-		if !seen {
-			if b, err := os.ReadFile(c.proc.PID(pid, "comm")); err == nil {
-				comm = strings.TrimSpace(string(b))
-			}
-			comms[pid] = comm // "" once: exited
-			owned[pid] = c.pods.Of(pid)
+		if comm := c.comm(pid, owned, comms); comm != "" {
+			p := owned[pid]
+			ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(pid), 10), comm, p.UID, p.Namespace, p.Name, p.Container)...)
+			n++
 		}
-		if comm == "" {
-			continue
-		}
-		info(pid, comm, owned[pid])
-		n++
 	}
 	if n == 0 {
-		// No owner runs: the pod whose network namespace it is, if any.
-		p, ok := owned[l.PID]
-		if !ok {
-			p = c.pods.Of(l.PID)
-			owned[l.PID] = p
-		}
-		if p.UID == "" {
-			p = c.pods.OfNetns(l.Key.Netns)
-		}
-		info(l.PID, l.Comm, p)
+		p := c.listenerPod(l, owned, comms)
+		ch <- c.d.info.metric(1, append(lv[:3:3], strconv.FormatUint(uint64(l.PID), 10), l.Comm, p.UID, p.Namespace, p.Name, p.Container)...)
 	}
+}
+
+// comm reads a process's name and pod once per scrape ("" once exited).
+func (c *Collector) comm(pid uint32, owned map[uint32]pods.Pod, comms map[uint32]string) string {
+	comm, seen := comms[pid]
+	if !seen {
+		if b, err := os.ReadFile(c.proc.PID(pid, "comm")); err == nil {
+			comm = strings.TrimSpace(string(b))
+		}
+		comms[pid] = comm
+		owned[pid] = c.pods.Of(pid)
+	}
+	return comm
+}
+
+// listenerPod is the pod a listener belongs to: its first owner that runs
+// in one, else the process the kernel last saw, else the pod whose sandbox
+// owns its network namespace (its processes gone).
+func (c *Collector) listenerPod(l *events.Listener, owned map[uint32]pods.Pod, comms map[uint32]string) pods.Pod {
+	for _, pid := range l.Owners {
+		if pid != 0 && c.comm(pid, owned, comms) != "" && owned[pid].UID != "" {
+			return owned[pid]
+		}
+	}
+	c.comm(l.PID, owned, comms)
+	if p := owned[l.PID]; p.UID != "" {
+		return p
+	}
+	return c.pods.OfNetns(l.Key.Netns)
 }
 
 // sourceRead exports whether one source could be read, and logs why not.

@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -87,8 +88,10 @@ listenwatch_bpf_run_seconds_total{program="lw_tp_state"} 1.5
 	}
 }
 
+var allFamilies = Options{LatencySplit: true, QueueLengthHistogram: true}
+
 func TestHistogramsAndIncomplete(t *testing.T) {
-	c := New(newFake(), procfs.FS{}, zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop()).WithOptions(allFamilies)
 	const ms = time.Millisecond
 	// A complete connection: 40us handshake, 20ms in the queue.
 	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT,
@@ -101,28 +104,24 @@ func TestHistogramsAndIncomplete(t *testing.T) {
 	want := `
 # HELP listenwatch_accept_queue_wait_seconds Time a completed connection waited in the accept queue until accept() returned it.
 # TYPE listenwatch_accept_queue_wait_seconds histogram
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="1e-05"} 0
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="2.5e-05"} 0
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="5e-05"} 0
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.0001"} 0
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.00025"} 0
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.0005"} 0
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.001"} 0
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.0025"} 0
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.005"} 0
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.01"} 0
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.025"} 1
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.05"} 1
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.1"} 1
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.25"} 1
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="0.5"} 1
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="1"} 1
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="2.5"} 1
-listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="5"} 1
+listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="3"} 1
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="10"} 1
 listenwatch_accept_queue_wait_seconds_bucket{addr="10.0.0.5",netns="4026531840",port="8080",le="+Inf"} 1
 listenwatch_accept_queue_wait_seconds_sum{addr="10.0.0.5",netns="4026531840",port="8080"} 0.02
 listenwatch_accept_queue_wait_seconds_count{addr="10.0.0.5",netns="4026531840",port="8080"} 1
+# HELP listenwatch_accept_queue_wait_time_seconds_total Sum of the accept-queue waits (handshake complete -> accept() returned) of accepted connections: the application's share of the latency.
+# TYPE listenwatch_accept_queue_wait_time_seconds_total counter
+listenwatch_accept_queue_wait_time_seconds_total{addr="10.0.0.5",netns="4026531840",port="8080"} 0.02
 # HELP listenwatch_incomplete_connections_total Accepted connections with a stage not observed (agent started later, SYN cookie, or record evicted): counted, never timed.
 # TYPE listenwatch_incomplete_connections_total counter
 listenwatch_incomplete_connections_total{addr="10.0.0.5",missing="handshake",netns="4026531840",port="8080"} 1
@@ -130,7 +129,7 @@ listenwatch_incomplete_connections_total{addr="10.0.0.5",missing="invalid",netns
 listenwatch_incomplete_connections_total{addr="10.0.0.5",missing="syn",netns="4026531840",port="8080"} 0
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
-		"listenwatch_accept_queue_wait_seconds", "listenwatch_incomplete_connections_total"); err != nil {
+		"listenwatch_accept_queue_wait_seconds", "listenwatch_accept_queue_wait_time_seconds_total", "listenwatch_incomplete_connections_total"); err != nil {
 		t.Fatal(err)
 	}
 	// Exactly one listener has series: the unattributed event made none.
@@ -141,17 +140,17 @@ listenwatch_incomplete_connections_total{addr="10.0.0.5",missing="syn",netns="40
 
 func TestBucketEdges(t *testing.T) {
 	var h hist
-	h.observe(10 * time.Microsecond) // le="1e-05" includes its bound
-	h.observe(10*time.Microsecond + 1)
+	h.observe(100 * time.Microsecond) // le="0.0001" includes its bound
+	h.observe(100*time.Microsecond + 1)
 	h.observe(11 * time.Second) // +Inf
 	n, _, b := h.snapshot()
-	if n != 3 || b[10e-6] != 1 || b[25e-6] != 2 || b[10] != 2 {
+	if n != 3 || b[100e-6] != 1 || b[500e-6] != 2 || b[10] != 2 {
 		t.Fatalf("count %d buckets %v", n, b)
 	}
 }
 
 func TestLint(t *testing.T) {
-	c := New(newFake(), procfs.FS{}, zerolog.Nop())
+	c := New(newFake(), procfs.FS{}, zerolog.Nop()).WithOptions(allFamilies)
 	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYNACKSent: 1, Established: 2, Accepted: 3})
 	problems, err := testutil.CollectAndLint(c)
 	if err != nil {
@@ -187,7 +186,13 @@ listenwatch_scrape_source_success{source="programs"} 1
 // TestDescribeMatchesCollect: every family Collect emits is described
 // (one list feeds both), and every described family is emitted.
 func TestDescribeMatchesCollect(t *testing.T) {
-	c := New(newFake(), procfs.FS{}, zerolog.Nop())
+	for _, o := range []Options{{}, {LatencySplit: true}, {QueueLengthHistogram: true}, allFamilies} {
+		t.Run(fmt.Sprintf("%+v", o), func(t *testing.T) { describeMatchesCollect(t, o) })
+	}
+}
+
+func describeMatchesCollect(t *testing.T, o Options) {
+	c := New(newFake(), procfs.FS{}, zerolog.Nop()).WithOptions(o)
 	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYNACKSent: 1, Established: 2, Accepted: 3, AcceptQueueLen: 1})
 	described := map[string]bool{}
 	dch := make(chan *prometheus.Desc, 100)
@@ -291,4 +296,62 @@ listenwatch_listener_info{addr="10.0.0.6",comm="old",container="",namespace="",n
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "listenwatch_listener_info"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSeriesPerListener: the default costs at most 40 series per listener
+// (the budget a large cluster can pay), each option what it says.
+func TestSeriesPerListener(t *testing.T) {
+	for _, tc := range []struct {
+		o    Options
+		want int
+	}{{Options{}, 38}, {Options{LatencySplit: true}, 68}, {Options{QueueLengthHistogram: true}, 59}, {allFamilies, 89}} {
+		c := New(newFake(), procfs.FS{}, zerolog.Nop()).WithOptions(tc.o)
+		c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake, SYNACKSent: 1, Established: 2, Accepted: 3, AcceptQueueLen: 1})
+		if n := seriesOf(t, c, web); n != tc.want {
+			t.Errorf("%+v: %d series per listener, want %d", tc.o, n, tc.want)
+		}
+	}
+}
+
+// seriesOf counts the series (histogram buckets, _sum and _count each)
+// whose labels name listener k.
+func seriesOf(t *testing.T, c prometheus.Collector, k events.ListenerKey) int {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			ok := 0
+			for _, lp := range m.GetLabel() {
+				switch lp.GetName() {
+				case "netns":
+					ok += b2i(lp.GetValue() == fmt.Sprint(k.Netns))
+				case "addr":
+					ok += b2i(lp.GetValue() == k.Addr.String())
+				case "port":
+					ok += b2i(lp.GetValue() == fmt.Sprint(k.Port))
+				}
+			}
+			if ok != 3 {
+				continue
+			}
+			if h := m.GetHistogram(); h != nil {
+				n += len(h.GetBucket()) + 1 + 2 // buckets, +Inf, _sum, _count
+			} else {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -6,15 +6,16 @@ import (
 	"time"
 )
 
-// Latency buckets, in seconds: 10 us to 10 s in a 1-2.5-5 series, enough to
-// tell a loopback handshake (tens of us) from a SYN-ACK retransmit (1 s)
-// and a stalled acceptor (seconds).
+// Latency buckets, in seconds: 12 bounds from 100 us to 10 s, chosen for
+// what each tells an operator: under 100 us a loopback or same-host
+// handshake; 1-10 ms a healthy network round trip; 50-500 ms a slow
+// acceptor; 1 s and 3 s the first SYN and SYN-ACK retransmit timeouts (a
+// lost packet); 10 s a stalled accept loop. Twelve, not twenty: a
+// histogram costs bounds+3 series per listener, and a node has hundreds.
 // An array, not a slice: the counters below are sized from its length at
 // compile time, so adding a bound cannot overrun them.
 var bucketBounds = [...]float64{
-	10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
-	1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3,
-	1, 2.5, 5, 10,
+	100e-6, 500e-6, 1e-3, 5e-3, 10e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 3, 10,
 }
 
 var boundsNs = func() (b [len(bucketBounds)]time.Duration) {
@@ -45,6 +46,9 @@ func (h *hist) observe(d time.Duration) {
 	h.counts[lo].Add(1)
 	h.sum.Add(int64(d))
 }
+
+// sumSeconds is the sum of every observation, in seconds.
+func (h *hist) sumSeconds() float64 { return time.Duration(h.sum.Load()).Seconds() }
 
 // snapshot returns count, sum in seconds, and cumulative buckets.
 func (h *hist) snapshot() (uint64, float64, map[float64]uint64) {

@@ -6,13 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -92,38 +90,8 @@ func TestImage(t *testing.T) {
 		t.Errorf("listenwatch version from the image: %v: %s", err, out)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	agent := exec.Command(bin, "run", "--web.listen-address", addr, "--cri-endpoint", "none", "--log-format", "json")
-	var logs strings.Builder
-	agent.Stdout, agent.Stderr = &logs, &logs
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- agent.Wait() }()
-	defer func() {
-		agent.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("agent from the image exited with %v on SIGTERM: %s", err, logs.String())
-			}
-		case <-time.After(settle):
-			agent.Process.Kill()
-			t.Errorf("agent did not stop on SIGTERM")
-		}
-	}()
+	addr := startAgent(t, bin)
 	eventually(t, settle, func() (bool, string) {
-		select {
-		case err := <-exited:
-			t.Fatalf("agent from the image exited: %v: %s", err, logs.String())
-		default:
-		}
 		body, err := get("http://" + addr + "/metrics")
 		if err != nil {
 			return false, err.Error()

@@ -114,7 +114,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "open tracer: %v\n", err)
 		os.Exit(1)
 	}
-	collector = exporter.New(tracer, procfs.FS{}, log)
+	// Every optional family: the tests check the split histograms too.
+	collector = exporter.New(tracer, procfs.FS{}, log).WithOptions(allFamilies)
 	registry = prometheus.NewRegistry()
 	registry.MustRegister(collector)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -134,6 +135,8 @@ func TestMain(m *testing.M) {
 	tracer.Close()
 	os.Exit(code)
 }
+
+var allFamilies = exporter.Options{LatencySplit: true, QueueLengthHistogram: true}
 
 var nsSeq atomic.Uint32
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/exporter"
 	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/prometheus/exporter-toolkit/web"
@@ -41,7 +42,9 @@ type Config struct {
 	// the usual paths, "none" disables names.
 	CRIEndpoint        string
 	CRIRefreshInterval time.Duration
-	Loader             loader.Config
+	// Exporter chooses the optional families and the listeners with series.
+	Exporter exporter.Options
+	Loader   loader.Config
 }
 
 var (
@@ -124,6 +127,9 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 	if cfg.DiagnosisInterval < time.Second {
 		return cfg, fmt.Errorf("--diagnosis-interval %v: must be at least 1s", cfg.DiagnosisInterval)
 	}
+	if f := cfg.Exporter.Filter; (f.IncludeNamespaces != nil || f.ExcludeNamespaces != nil) && cfg.CRIEndpoint == "none" {
+		return cfg, errors.New("--include-namespaces/--exclude-namespaces need pod names: remove --cri-endpoint=none")
+	}
 	if cfg.CRIRefreshInterval < time.Second {
 		return cfg, fmt.Errorf("--cri-refresh-interval %v: must be at least 1s", cfg.CRIRefreshInterval)
 	}
@@ -160,6 +166,23 @@ func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.Fla
 	})
 	fs.StringVar(&cfg.CRIEndpoint, "cri-endpoint", "", "container runtime (CRI) socket for pod, namespace and container names, e.g. unix:///run/containerd/containerd.sock; empty: the first of containerd, CRI-O, k3s, k0s, microk8s, cri-dockerd that answers; none: no names (pod UIDs only)")
 	fs.DurationVar(&cfg.CRIRefreshInterval, "cri-refresh-interval", 10*time.Second, "how often the runtime's container and sandbox lists are read (a new container is also looked up within a second of being seen)")
+	fs.BoolVar(&cfg.Exporter.LatencySplit, "metrics.latency-split", false, "also export the handshake-duration and accept-queue-wait histograms (+30 series per listener; their sums are exported either way)")
+	fs.BoolVar(&cfg.Exporter.QueueLengthHistogram, "metrics.queue-length-histogram", false, "also export the accept-queue length at each connection as a histogram (+21 series per listener)")
+	fs.Func("listen-ports", "export series only for listeners on these ports, e.g. 80,443,8000-8100 (default: all)", func(v string) error {
+		p, err := exporter.ParsePorts(v)
+		cfg.Exporter.Filter.Ports = p
+		return err
+	})
+	fs.Func("include-namespaces", "export series only for listeners of pods in Kubernetes namespaces matching this regexp (anchored; \"\" matches listeners outside pods)", func(v string) error {
+		re, err := exporter.ParseNamespaces(v)
+		cfg.Exporter.Filter.IncludeNamespaces = re
+		return err
+	})
+	fs.Func("exclude-namespaces", "no series for listeners of pods in Kubernetes namespaces matching this regexp (anchored), e.g. kube-system|monitoring", func(v string) error {
+		re, err := exporter.ParseNamespaces(v)
+		cfg.Exporter.Filter.ExcludeNamespaces = re
+		return err
+	})
 	fs.DurationVar(&cfg.Loader.ClosedRetention, "closed-listener-retention", loader.DefaultClosedRetention, "how long a closed listener's final counters stay exported before it is forgotten")
 	fs.DurationVar(&cfg.Loader.PollInterval, "poll-interval", loader.DefaultPollInterval, "how often the ring buffer is drained when the kernel has not woken the reader")
 	return fs

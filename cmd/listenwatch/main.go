@@ -94,7 +94,7 @@ func run(cfg Config) error {
 	if err != nil {
 		return err
 	}
-	collector := exporter.New(tracer, cfg.Loader.Proc, log.With().Str("component", "exporter").Logger()).WithPods(names)
+	collector := exporter.New(tracer, cfg.Loader.Proc, log.With().Str("component", "exporter").Logger()).WithPods(names).WithOptions(cfg.Exporter)
 	doctor := diagnose.New(tracer, cfg.Loader.Proc, cfg.DiagnosisInterval, log.With().Str("component", "diagnose").Logger()).WithPods(names)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector, doctor, collectors.NewGoCollector(),

@@ -37,6 +37,24 @@ func TestParseArgsSettings(t *testing.T) {
 	}
 }
 
+func TestParseArgsExporterOptions(t *testing.T) {
+	cfg, err := parseArgs([]string{"run", "--metrics.latency-split", "--metrics.queue-length-histogram",
+		"--listen-ports=80,8000-8100", "--exclude-namespaces=kube-.*", "--cri-endpoint=unix:///run/x.sock"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.Exporter
+	if !o.LatencySplit || !o.QueueLengthHistogram || len(o.Filter.Ports) != 2 || o.Filter.ExcludeNamespaces == nil ||
+		!o.Filter.ExcludeNamespaces.MatchString("kube-system") || o.Filter.ExcludeNamespaces.MatchString("shop") ||
+		cfg.CRIEndpoint != "unix:///run/x.sock" {
+		t.Fatalf("settings ignored: %+v", cfg)
+	}
+	def, err := parseArgs([]string{"run"}, io.Discard)
+	if err != nil || def.Exporter.LatencySplit || def.Exporter.QueueLengthHistogram || def.CRIEndpoint != "" {
+		t.Fatalf("defaults: %+v %v", def.Exporter, err)
+	}
+}
+
 func TestParseArgsErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{},
@@ -51,6 +69,12 @@ func TestParseArgsErrors(t *testing.T) {
 		{"run", "--metrics-addr=9810"},
 		{"run", "--metrics-path=metrics"},
 		{"run", "extra"},
+		{"run", "--listen-ports=0"},
+		{"run", "--listen-ports=90-80"},
+		{"run", "--include-namespaces=("},
+		{"run", "--exclude-namespaces=kube-system", "--cri-endpoint=none"},
+		{"run", "--cri-refresh-interval=10ms"},
+		{"version", "extra"},
 	} {
 		if _, err := parseArgs(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
