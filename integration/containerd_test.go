@@ -137,6 +137,7 @@ func (c *containerd) log() string {
 // OCI archive of localhost/pause:test (the pause process and the app).
 func buildPodapp(t *testing.T, dir string) string {
 	t.Helper()
+	needGo(t)
 	bin := filepath.Join(dir, "podapp")
 	cmd := exec.Command("go", "build", "-o", bin, "./podapp")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

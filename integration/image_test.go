@@ -20,6 +20,7 @@ import (
 // layer into a root directory and runs the binary from there: it must
 // attach and serve metrics.
 func TestImage(t *testing.T) {
+	needGo(t)
 	dir := t.TempDir()
 	archive := filepath.Join(dir, "image.tar")
 	cmd := exec.Command("go", "run", "./cmd/mkimage", "-arch", "amd64", "-o", archive,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -18,13 +19,21 @@ import (
 // metrics address and stops it when the test ends.
 func startAgent(t *testing.T, bin string, args ...string) string {
 	t.Helper()
+	return startAgentCmd(t, nil, []string{bin}, args...)
+}
+
+// startAgentCmd runs argv (the binary, or a wrapper and the binary) with
+// extra environment.
+func startAgentCmd(t *testing.T, env, argv []string, args ...string) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cmd := exec.Command(bin, append([]string{"run", "--web.listen-address", addr, "--cri-endpoint", "none", "--log-format", "json"}, args...)...)
+	cmd := exec.Command(argv[0], append(append(argv[1:], "run", "--web.listen-address", addr, "--cri-endpoint", "none", "--log-format", "json"), args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	var logs strings.Builder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -58,6 +67,7 @@ func startAgent(t *testing.T, bin string, args ...string) string {
 
 func buildAgent(t *testing.T) string {
 	t.Helper()
+	needGo(t)
 	bin := filepath.Join(t.TempDir(), "listenwatch")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/listenwatch").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v: %s", err, out)
@@ -127,5 +137,14 @@ func TestSeriesPerListener(t *testing.T) {
 	}
 	if counts["all families"] <= counts["default"] {
 		t.Errorf("optional families added no series: %d vs %d", counts["all families"], counts["default"])
+	}
+}
+
+// needGo skips a test that builds a binary where there is no Go toolchain
+// (the kernel-matrix guests run a prebuilt test binary only).
+func needGo(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("needs the Go toolchain to build a binary (not in kernel-matrix guests)")
 	}
 }
