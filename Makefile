@@ -16,7 +16,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 CREATED  ?= $(shell git log -1 --format=%cI 2>/dev/null)
 LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(REVISION) -X main.buildDate=$(CREATED)
-IMAGE    ?= localhost/listenwatch:$(VERSION)
+IMAGE    ?= localhost/listenwatch:dev
 
 build:
 	$(GO) build $(GOFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/listenwatch
