@@ -17,8 +17,8 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/kustomize/api/krusty"
 	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 )
@@ -115,7 +115,7 @@ func TestStrictRejectsUnknownFields(t *testing.T) {
 	for _, doc := range []string{
 		"apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x}\nautomountServiceAcountToken: false\n",
 		"apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x}\nautomountServiceAccountTOKEN: false\n", // case
-		"apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x}\nmetadata: {name: y}\n",                  // duplicate
+		"apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x}\nmetadata: {name: y}\n",                 // duplicate
 	} {
 		if err := strict([]byte(doc), &corev1.ServiceAccount{}); err == nil {
 			t.Errorf("accepted: %q", doc)
