@@ -263,16 +263,27 @@ type pod struct {
 	pid                             int
 }
 
+// podOpts is what differs between the pods of the tests.
+type podOpts struct {
+	hostNetwork, hostPID bool
+	image                string   // default: the podapp image
+	command, args        []string // default: /podapp
+	security             *runtimeapi.LinuxContainerSecurityContext
+	mounts               []*runtimeapi.Mount
+}
+
 // runPod creates a sandbox (pod network, or the node's for hostNetwork)
-// with kubelet-style labels and cgroup parent, and starts one container
-// running podapp with args.
-func (c *containerd) runPod(t *testing.T, p *pod, hostNetwork bool, args ...string) {
+// with kubelet-style labels and cgroup parent, and starts one container.
+func (c *containerd) runPod(t *testing.T, p *pod, o podOpts) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	netMode := runtimeapi.NamespaceMode_POD
-	if hostNetwork {
-		netMode = runtimeapi.NamespaceMode_NODE
+	nsOpts := &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD}
+	if o.hostNetwork {
+		nsOpts.Network = runtimeapi.NamespaceMode_NODE
+	}
+	if o.hostPID {
+		nsOpts.Pid = runtimeapi.NamespaceMode_NODE
 	}
 	labels := map[string]string{
 		"io.kubernetes.pod.namespace": p.namespace, "io.kubernetes.pod.name": p.name, "io.kubernetes.pod.uid": p.uid,
@@ -281,10 +292,8 @@ func (c *containerd) runPod(t *testing.T, p *pod, hostNetwork bool, args ...stri
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: p.name, Namespace: p.namespace, Uid: p.uid},
 		Labels:   labels, LogDirectory: filepath.Join(c.dir, "logs", p.uid),
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
-			CgroupParent: "/kubepods/besteffort/pod" + p.uid,
-			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Network: netMode, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD},
-			},
+			CgroupParent:    "/kubepods/besteffort/pod" + p.uid,
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: nsOpts},
 		},
 	}
 	sb, err := c.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sc})
@@ -296,16 +305,24 @@ func (c *containerd) runPod(t *testing.T, p *pod, hostNetwork bool, args ...stri
 	for k, v := range labels {
 		clabels[k] = v
 	}
+	if o.image == "" {
+		o.image = pauseImage
+	}
+	if o.command == nil {
+		o.command = []string{"/podapp"}
+	}
+	if o.security == nil {
+		o.security = &runtimeapi.LinuxContainerSecurityContext{}
+	}
+	o.security.NamespaceOptions = nsOpts
 	cr, err := c.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId: p.sandbox, SandboxConfig: sc,
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: p.container},
-			Image:    &runtimeapi.ImageSpec{Image: pauseImage},
-			Command:  []string{"/podapp"}, Args: args,
-			Labels: clabels, LogPath: p.container + ".log",
-			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Network: netMode, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD},
-			}},
+			Image:    &runtimeapi.ImageSpec{Image: o.image},
+			Command:  o.command, Args: o.args, Mounts: o.mounts,
+			Labels:  clabels, LogPath: p.container + ".log",
+			Linux:   &runtimeapi.LinuxContainerConfig{SecurityContext: o.security},
 		},
 	})
 	if err != nil {
@@ -313,7 +330,7 @@ func (c *containerd) runPod(t *testing.T, p *pod, hostNetwork bool, args ...stri
 	}
 	p.id = cr.ContainerId
 	if _, err := c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: p.id}); err != nil {
-		t.Fatalf("StartContainer %s: %v", p.container, err)
+		t.Fatalf("StartContainer %s: %v (log: %s)", p.container, err, c.log())
 	}
 	st, err := c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: p.id, Verbose: true})
 	if err != nil {
@@ -326,6 +343,12 @@ func (c *containerd) runPod(t *testing.T, p *pod, hostNetwork bool, args ...stri
 		t.Fatalf("container %s: no pid in verbose status (%v)", p.container, err)
 	}
 	p.pid = info.Pid
+}
+
+// containerLog is what a container wrote (its CRI log file).
+func (c *containerd) containerLog(p *pod) string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, "logs", p.uid, p.container+".log"))
+	return string(b)
 }
 
 // stopContainer stops the pod's container (its listener closes) and keeps
@@ -397,15 +420,15 @@ func TestPodNamesFromContainerd(t *testing.T) {
 	ctd := startContainerd(t)
 
 	web := &pod{uid: uuid(t), namespace: "shop", name: "web-7d9f8-x2k4q", container: "nginx"}
-	ctd.runPod(t, web, false, "0.0.0.0:8080", "4")
+	ctd.runPod(t, web, podOpts{args: []string{"0.0.0.0:8080", "4"}})
 	host := &pod{uid: uuid(t), namespace: "kube-system", name: "node-agent-abcde", container: "agent"}
 	hostPort := 20000 + os.Getpid()%20000
-	ctd.runPod(t, host, true, fmt.Sprintf("127.0.0.1:%d", hostPort), "16")
+	ctd.runPod(t, host, podOpts{hostNetwork: true, args: []string{fmt.Sprintf("127.0.0.1:%d", hostPort), "16"}})
 	// A static pod (a manifest on the node): its UID is a 32-hex hash.
 	b := make([]byte, 16)
 	rand.Read(b)
 	static := &pod{uid: hex.EncodeToString(b), namespace: "kube-system", name: "etcd-node1", container: "etcd"}
-	ctd.runPod(t, static, false, "0.0.0.0:2379", "8")
+	ctd.runPod(t, static, podOpts{args: []string{"0.0.0.0:2379", "8"}})
 
 	names, err := pods.Discover(context.Background(), "unix://"+ctd.sock, procfs.FS{}, time.Minute, zerolog.Nop())
 	if err != nil {
