@@ -321,8 +321,8 @@ func (c *containerd) runPod(t *testing.T, p *pod, o podOpts) {
 			Metadata: &runtimeapi.ContainerMetadata{Name: p.container},
 			Image:    &runtimeapi.ImageSpec{Image: o.image},
 			Command:  o.command, Args: o.args, Mounts: o.mounts,
-			Labels:  clabels, LogPath: p.container + ".log",
-			Linux:   &runtimeapi.LinuxContainerConfig{SecurityContext: o.security},
+			Labels: clabels, LogPath: p.container + ".log",
+			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: o.security},
 		},
 	})
 	if err != nil {
