@@ -30,6 +30,11 @@ func explain(mode events.Mode, err error, h hostFacts) string {
 		return string(mode) + " is not supported by this kernel"
 	case mode == events.ModeFentry && errors.Is(err, os.ErrPermission) && h.root:
 		return "fentry/fexit refused by this kernel even for root (BPF trampolines not permitted: lockdown, or built without direct-call ftrace)"
+	case errors.Is(err, os.ErrPermission) && h.root:
+		// Root with the capabilities checked at start: not a privilege
+		// problem, the verifier refused what the program reads (on 6.1,
+		// kfree_skb's rx_sk, added in 6.11).
+		return string(mode) + " program refused by this kernel's verifier even for root (a field or argument it reads does not exist here; details at debug level)"
 	case errors.Is(err, os.ErrPermission):
 		return string(mode) + " not permitted: " + privilegeAdvice
 	case mode == events.ModeKprobe && !h.kprobeEvents:

@@ -25,6 +25,7 @@ func TestExplain(t *testing.T) {
 	}{
 		{events.ModeFentry, eperm, root, "fentry/fexit refused by this kernel even for root"},
 		{events.ModeFentry, eperm, hostFacts{}, "not permitted: run as root"},
+		{events.ModeTracepoint, eperm, root, "refused by this kernel's verifier even for root"},
 		{events.ModeKprobe, noKprobeEvents, hostFacts{root: true}, "kprobes are not configured in this kernel"},
 		{events.ModeKprobe, fmt.Errorf("symbol tcp_conn_request: %w", os.ErrNotExist), root, "does not exist in this kernel"},
 		{events.ModeTracepoint, fmt.Errorf("tracepoint: %w", ebpf.ErrNotSupported), root, "not supported by this kernel"},

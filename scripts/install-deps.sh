@@ -8,7 +8,7 @@ set -eu
 pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps containerd runc containernetworking-plugins"
 for arg in "$@"; do
 	case $arg in
-	vm) pkgs="$pkgs qemu-system-x86 busybox-static cpio" ;;
+	vm) pkgs="$pkgs qemu-system-x86 qemu-system-arm busybox-static cpio" ;;
 	stress) pkgs="$pkgs stress-ng" ;;
 	*) echo "install-deps: unknown argument $arg (want vm or stress)" >&2; exit 2 ;;
 	esac

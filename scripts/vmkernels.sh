@@ -22,12 +22,50 @@ trixie_apt() {
 		-o Dir::State::Lists="$TRIXIE/lists" -o Dir::Cache="$TRIXIE/cache" -o APT::Get::List-Cleanup=0
 }
 
+# A private apt state for arm64 bookworm (kernels and the guest's userland):
+# no dpkg --add-architecture, the host's apt state stays untouched.
+ARM64="$CACHE/apt/arm64"
+mkdir -p "$ARM64/lists/partial" "$ARM64/cache/archives/partial"
+cat > "$ARM64/sources.list" <<SRC
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+SRC
+arm64_apt() {
+	"$@" -o APT::Architecture=arm64 -o APT::Architectures=arm64 -o Dir::State::status=/dev/null \
+		-o Dir::Etc::sourcelist="$ARM64/sources.list" -o Dir::Etc::sourceparts=/nonexistent \
+		-o Dir::State::Lists="$ARM64/lists" -o Dir::Cache="$ARM64/cache" -o APT::Get::List-Cleanup=0
+}
+
 updated=""
 update() {
 	[ -n "$updated" ] && return
 	apt-get update -qq >&2
 	trixie_apt apt-get update -qq >&2
+	arm64_apt apt-get update -qq >&2
 	updated=1
+}
+
+# arm64root: the guest userland for arm64 kernels (the x86 guests copy the
+# host's busybox and iproute2): busybox-static and iproute2 with the shared
+# libraries they need, unpacked from Debian's arm64 packages, cached.
+arm64root() {
+	root="$CACHE/arm64-root"
+	[ -x "$root/bin/busybox" ] && [ -x "$root/bin/ip" ] && [ -x "$root/usr/sbin/hping3" ] && return
+	update
+	tmp=$(mktemp -d)
+	(cd "$tmp" && arm64_apt apt-get download -qq busybox-static iproute2 libc6 libbpf1 libelf1 libmnl0 \
+		libselinux1 libcap2 libdb5.3 libbsd0 libmd0 libtirpc3 libxtables12 zlib1g libpcre2-8-0 \
+		libgssapi-krb5-2 libkrb5-3 libk5crypto3 libcom-err2 libkrb5support0 libkeyutils1 libssl3 libzstd1 \
+		libcap2-bin hping3 libpcap0.8 libtcl8.6 libdbus-1-3 libibverbs1 libnl-3-200 libnl-route-3-200 libsystemd0 liblzma5 liblz4-1 libgcrypt20 libgpg-error0 2>&1 | grep -v "unsandboxed" >&2 || true)
+	mkdir -p "$root"
+	for deb in "$tmp"/*.deb; do
+		dpkg-deb -x "$deb" "$root"
+	done
+	rm -rf "$tmp"
+	# usrmerge: /bin and /lib are /usr's in the guest
+	[ -x "$root/bin/busybox" ] || { mkdir -p "$root/bin"; cp "$root/usr/bin/busybox" "$root/bin/busybox" 2>/dev/null || true; }
+	[ -x "$root/bin/ip" ] || cp "$root/usr/bin/ip" "$root/bin/ip" 2>/dev/null || cp "$root/sbin/ip" "$root/bin/ip"
+	echo "$root" >&2
 }
 
 # fetch NAME APT-WRAPPER META
@@ -86,6 +124,7 @@ for k in ${VMTEST_KERNELS:-6.1 6.12 newest}; do
 	6.1) fetch 6.1 "" linux-image-cloud-amd64 ;;
 	6.12) fetch 6.12 "" linux-image-6.12-cloud-amd64 ;;
 	newest) fetch newest trixie_apt linux-image-cloud-amd64/trixie-backports ;;
-	*) echo "vmkernels: unknown kernel $k (want 6.1, 6.12, newest)" >&2; exit 1 ;;
+	arm64-6.1) arm64root; fetch arm64-6.1 arm64_apt linux-image-cloud-arm64 ;;
+	*) echo "vmkernels: unknown kernel $k (want 6.1, 6.12, newest, arm64-6.1)" >&2; exit 1 ;;
 	esac
 done

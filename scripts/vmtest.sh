@@ -21,7 +21,9 @@ run() {
 	out="$log/$name-$mode${disable:+-no-$disable}.log"
 	echo "== kernel $name ($(basename "$kdir")), hook mode $mode${disable:+, stage $disable disabled}" >&2
 	status=0
-	VMTEST_KERNEL=$kdir LISTENWATCH_TEST_HOOK_MODE=$mode LISTENWATCH_TEST_EXPECT=$expect \
+	arch=amd64
+	case $name in arm64-*) arch=arm64 ;; esac
+	GOARCH=$arch VMTEST_ARCH=$arch VMTEST_KERNEL=$kdir LISTENWATCH_TEST_HOOK_MODE=$mode LISTENWATCH_TEST_EXPECT=$expect \
 		LISTENWATCH_TEST_DISABLE_STAGE=$disable \
 		go test -exec "$PWD/scripts/vmexec" -count=1 -p 1 -v -timeout 30m -run "$only" ./integration/ > "$out" 2>&1 || status=$?
 	rel=$(sed -n 's/^guest kernel: //p' "$out" | head -1)
@@ -50,6 +52,11 @@ while [ $# -ge 3 ]; do
 		# consume_skb has no location before 6.3: no SYN stage in
 		# tracepoint mode; tests needing it skip, saying so.
 		run "$name" "$kdir" tracepoint "drops=none,syn=none,handshake=tracepoint,accept=tracepoint" syn || failed=1
+		;;
+	arm64-6.1)
+		# arm64 before 6.5 has no direct-call ftrace: fentry programs load
+		# but cannot attach, so auto falls back to kprobes everywhere.
+		run "$name" "$kdir" auto "drops=none,syn=kprobe,handshake=kprobe,accept=kprobe" || failed=1
 		;;
 	*)
 		run "$name" "$kdir" auto "drops=tracepoint,syn=fentry,handshake=fentry,accept=fentry" || failed=1
