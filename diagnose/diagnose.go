@@ -17,6 +17,9 @@ type Settings struct {
 	Somaxconn     int64 // net.core.somaxconn
 	MaxSynBacklog int64 // net.ipv4.tcp_max_syn_backlog
 	Syncookies    int64 // net.ipv4.tcp_syncookies
+	// AbortOnOverflow is net.ipv4.tcp_abort_on_overflow (1: a full accept
+	// queue resets the connection instead of ignoring the final ACK).
+	AbortOnOverflow int64
 }
 
 // Process is the file-descriptor use of the listener's process; Limit < 0

@@ -175,9 +175,16 @@ func (d *Doctor) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// ReadSettings reads the sysctls of the network namespace with this inode
+// from inside it (a negative value: could not be read).
+func ReadSettings(proc procfs.FS, inode uint32) Settings { return readSettings(proc, inode) }
+
+// ReadProcess reads a process's open fds and RLIMIT_NOFILE.
+func ReadProcess(proc procfs.FS, pid uint32) Process { return readProcess(proc, pid) }
+
 // readSettings reads the namespace's sysctls from inside it.
 func readSettings(proc procfs.FS, inode uint32) Settings {
-	s := Settings{Somaxconn: -1, MaxSynBacklog: -1, Syncookies: -1}
+	s := Settings{Somaxconn: -1, MaxSynBacklog: -1, Syncookies: -1, AbortOnOverflow: -1}
 	path, err := netns.Find(proc, uint64(inode))
 	if err != nil {
 		return s
@@ -187,6 +194,7 @@ func readSettings(proc procfs.FS, inode uint32) Settings {
 		s.Somaxconn = readInt(proc.Path("sys", "net", "core", "somaxconn"))
 		s.MaxSynBacklog = readInt(proc.Path("sys", "net", "ipv4", "tcp_max_syn_backlog"))
 		s.Syncookies = readInt(proc.Path("sys", "net", "ipv4", "tcp_syncookies"))
+		s.AbortOnOverflow = readInt(proc.Path("sys", "net", "ipv4", "tcp_abort_on_overflow"))
 		return nil
 	})
 	return s

@@ -53,6 +53,7 @@ var (
 )
 
 const usage = `usage: listenwatch run [flags]
+       listenwatch doctor [flags]   (one-shot check of this host: listenwatch doctor -h)
        listenwatch version
 
 Traces SYN -> handshake -> accept on every TCP listener of this host (all
@@ -81,7 +82,7 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 		return Config{}, errVersion
 	}
 	if args[0] != "run" {
-		return Config{}, fmt.Errorf("unknown command %q (want: listenwatch run, listenwatch version)", args[0])
+		return Config{}, fmt.Errorf("unknown command %q (want: listenwatch run, doctor or version)", args[0])
 	}
 	var (
 		cfg         Config

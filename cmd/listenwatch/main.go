@@ -27,6 +27,9 @@ import (
 const maxScrapesInFlight = 8
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "doctor" {
+		os.Exit(doctorMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	cfg, err := parseArgs(os.Args[1:], os.Stdout)
 	if errors.Is(err, errVersion) {
 		os.Exit(0)

@@ -102,10 +102,13 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{[]string{"run", "--nope"}, 2, "flag provided but not defined: -nope"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"doctor", "--nope"}, 2, "flag provided but not defined: -nope"},
+		{[]string{"doctor", "-o", "yaml"}, 2, `-o "yaml": want text or json`},
+		{[]string{"version", "x"}, 2, "version takes no arguments"},
 		{[]string{"run", "--metrics-addr", busy.Addr().String()}, 1, "address already in use"},
 	}
 	if os.Geteuid() != 0 {
-		cases = cases[:2]
+		cases = cases[:5]
 	}
 	for _, c := range cases {
 		cmd := exec.Command(bin, c.args...)
@@ -118,6 +121,14 @@ func TestExitCodes(t *testing.T) {
 		if len(lines) != 1 || !strings.Contains(lines[0], c.want) {
 			t.Errorf("%v: output %q, want one line with %q", c.args, out, c.want)
 		}
+	}
+}
+
+// Every command's -h shows an example and exits 0.
+func TestHelpShowsExamples(t *testing.T) {
+	var out strings.Builder
+	if code := doctorMain([]string{"-h"}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "examples:") || !strings.Contains(out.String(), "listenwatch doctor --netns") {
+		t.Errorf("doctor -h: exit %d\n%s", code, out.String())
 	}
 }
 

@@ -1,7 +1,8 @@
 // Command podapp is the pause and application image of the containerd
 // test: with no argument it sleeps until SIGTERM (a pod's pause process);
 // with "addr:port backlog" it listens with exactly that backlog and never
-// accepts, so clients overflow its accept queue.
+// accepts, so clients overflow its accept queue; a third argument N holds
+// N more open file descriptors (an owner near its RLIMIT_NOFILE).
 package main
 
 import (
@@ -14,10 +15,19 @@ import (
 )
 
 func main() {
-	if len(os.Args) == 3 {
+	if len(os.Args) >= 3 {
 		if err := listen(os.Args[1], os.Args[2]); err != nil {
 			fmt.Fprintln(os.Stderr, "podapp:", err)
 			os.Exit(1)
+		}
+	}
+	if len(os.Args) == 4 {
+		n, _ := strconv.Atoi(os.Args[3])
+		for range n {
+			if _, err := os.Open("/dev/null"); err != nil {
+				fmt.Fprintln(os.Stderr, "podapp:", err)
+				os.Exit(1)
+			}
 		}
 	}
 	c := make(chan os.Signal, 1)
