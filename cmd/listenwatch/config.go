@@ -59,6 +59,10 @@ const usage = `usage: listenwatch run [flags]
 Traces SYN -> handshake -> accept on every TCP listener of this host (all
 network namespaces) and serves Prometheus metrics.
 
+examples:
+  listenwatch run
+  listenwatch run --web.listen-address=127.0.0.1:9810 --listen-ports=80,443 --log-format=json
+
 flags:
 `
 

@@ -126,6 +126,10 @@ func TestExitCodes(t *testing.T) {
 
 // Every command's -h shows an example and exits 0.
 func TestHelpShowsExamples(t *testing.T) {
+	var run strings.Builder
+	if _, err := parseArgs([]string{"run", "-h"}, &run); err != errHelp || !strings.Contains(run.String(), "examples:") {
+		t.Errorf("run -h: %v\n%s", err, run.String())
+	}
 	var out strings.Builder
 	if code := doctorMain([]string{"-h"}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "examples:") || !strings.Contains(out.String(), "listenwatch doctor --netns") {
 		t.Errorf("doctor -h: exit %d\n%s", code, out.String())
