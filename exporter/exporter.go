@@ -458,3 +458,17 @@ func (c *Collector) ListenersIn(netns uint32) int {
 	}
 	return n
 }
+
+// SYNToAccept returns a listener's SYN -> accept histogram as per-bucket
+// counts (the last one +Inf), for the on-call views.
+func (c *Collector) SYNToAccept(k events.ListenerKey) (bounds []float64, counts []uint64, sum float64, ok bool) {
+	s := (*c.listeners.Load())[k]
+	if s == nil {
+		return nil, nil, 0, false
+	}
+	counts = make([]uint64, len(s.total.counts))
+	for i := range counts {
+		counts[i] = s.total.counts[i].Load()
+	}
+	return bucketBounds[:], counts, s.total.sumSeconds(), true
+}

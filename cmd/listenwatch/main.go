@@ -30,6 +30,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "doctor" {
 		os.Exit(doctorMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "top" {
+		os.Exit(topMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	cfg, err := parseArgs(os.Args[1:], os.Stdout)
 	if errors.Is(err, errVersion) {
 		os.Exit(0)
@@ -121,6 +124,7 @@ func run(cfg Config) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("/diagnosis", doctor)
+	mux.Handle("/api/v1/listeners", listenersAPI(tracer, collector, owners(cfg.Loader.Proc, names), log.With().Str("component", "api").Logger()))
 	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
 		// Scrapes beyond this wait for none: a 503, not a pile of
@@ -131,7 +135,7 @@ func run(cfg Config) error {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "listenwatch: metrics at %s, diagnosis at /diagnosis\n", cfg.MetricsPath)
+		fmt.Fprintf(w, "listenwatch: metrics at %s, diagnosis at /diagnosis, listeners (JSON API v1) at /api/v1/listeners\n", cfg.MetricsPath)
 	})
 	srv := newHTTPServer(mux, defaultTimeouts)
 	serveErr := make(chan error, 1)
