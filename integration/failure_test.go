@@ -408,7 +408,7 @@ func TestFloodMemoryFlat(t *testing.T) {
 	// the host (a second agent, an on-call trace) change the totals.
 	listeners0, conns0, series0 := nsTables(t, server.Inode)
 	syn0 := listener(t, key).SYNs
-	if err := peer.Run("timeout", "--signal=INT", strconv.Itoa(secs), "hping3", "-q", "-S", "-p", "8585",
+	if err := peer.Run("timeout", "-s", "INT", strconv.Itoa(secs), "hping3", "-q", "-S", "-p", "8585",
 		"--flood", "--rand-source", addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status") {
 		t.Fatal(err)
 	}

@@ -268,7 +268,7 @@ func soakFlood(t *testing.T, a *soakAgent, secs int) uint64 {
 	addr := netip.MustParseAddrPort("10.88.0.1:9102")
 	fd := listen(t, server, addr, 8)
 	before, _ := server.Netstat()
-	if err := peer.Run("timeout", "--signal=INT", strconv.Itoa(secs), "hping3", "-q", "-S", "-p", "9102",
+	if err := peer.Run("timeout", "-s", "INT", strconv.Itoa(secs), "hping3", "-q", "-S", "-p", "9102",
 		"--flood", "--rand-source", addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status") {
 		t.Fatal(err)
 	}
