@@ -4,7 +4,7 @@
 GO      ?= go
 BIN     := bin/listenwatch
 GOFLAGS ?=
-VMTEST_KERNELS ?= 6.1 6.12 newest
+VMTEST_KERNELS ?= 6.1 6.12 newest arm64-6.1
 
 .PHONY: image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
 
@@ -38,7 +38,7 @@ run: build
 # on Debian's 6.1 LTS and newest backports kernels under qemu.
 test: deps generate-check vet fuzz
 	$(GO) test -count=1 -p 1 ./...
-	VMTEST_KERNELS="6.1 newest" ./scripts/vmtest.sh
+	VMTEST_KERNELS="6.1 newest arm64-6.1" ./scripts/vmtest.sh
 
 # make test three times in a row with stress-ng beside it (RUNS=3): the
 # suite must stay green on a loaded machine.
