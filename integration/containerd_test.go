@@ -50,7 +50,12 @@ const pauseImage = "localhost/pause:test"
 // startContainerd starts containerd with the podapp image imported, or
 // skips the test with the reason when containerd, runc or the CNI plugins
 // are not installed (scripts/install-deps.sh installs them).
-func startContainerd(t *testing.T) *containerd {
+func startContainerd(t *testing.T) *containerd { return startContainerdAt(t, "") }
+
+// startContainerdAt is startContainerd with its socket at sock ("": in its
+// temp dir). The Kubernetes end-to-end test uses the standard path, where
+// the DaemonSet, as users apply it, looks for the runtime.
+func startContainerdAt(t *testing.T, sock string) *containerd {
 	t.Helper()
 	for _, bin := range []string{"containerd", "ctr", "runc", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -63,6 +68,15 @@ func startContainerd(t *testing.T) *containerd {
 		t.Fatal(err)
 	}
 	c := &containerd{dir: dir, sock: filepath.Join(dir, "c.sock"), bridge: fmt.Sprintf("lwcni%d", os.Getpid()%10000), shims: map[string]bool{}}
+	if sock != "" {
+		if _, err := os.Stat(sock); err == nil {
+			t.Fatalf("%s exists: another containerd runs on this host; stop it first", sock)
+		}
+		if err := os.MkdirAll(filepath.Dir(sock), 0o711); err != nil {
+			t.Fatal(err)
+		}
+		c.sock = sock
+	}
 	if es, err := os.ReadDir("/run/containerd/s"); err == nil {
 		for _, e := range es {
 			c.shims[e.Name()] = true
@@ -89,10 +103,14 @@ state = %q
   sandbox_image = %q
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      Root = %q
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", pauseImage, filepath.Join(dir, "cni"))
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", pauseImage, filepath.Join(dir, "runc"), filepath.Join(dir, "cni"))
 	for name, body := range map[string]string{"cni/10-lwtest.conflist": conflist, "config.toml": config} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
@@ -208,6 +226,10 @@ func (c *containerd) stop(t *testing.T) {
 		}
 	}
 	removeKubepodsCgroups()
+	if c.sock != filepath.Join(c.dir, "c.sock") {
+		os.Remove(c.sock)
+		os.Remove(c.sock + ".ttrpc")
+	}
 	// Mounts under state (netns, rootfs) are gone with their sandboxes;
 	// anything still mounted is unmounted before the tree is removed.
 	unmountUnder(c.dir)

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what building the BPF object and running the tests need, from
 # Debian's packages. Idempotent: does nothing when everything is there.
-# Usage: scripts/install-deps.sh [vm] [stress]
-#   vm: also qemu for make vmtest; stress: also stress-ng for make test-under-load
+# Usage: scripts/install-deps.sh [vm] [stress] [e2e]
+#   vm: also qemu for make vmtest; stress: also stress-ng for make test-under-load;
+#   e2e: also etcd for make e2e
 set -eu
 
 pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps containerd runc containernetworking-plugins"
@@ -10,7 +11,8 @@ for arg in "$@"; do
 	case $arg in
 	vm) pkgs="$pkgs qemu-system-x86 qemu-system-arm busybox-static cpio" ;;
 	stress) pkgs="$pkgs stress-ng" ;;
-	*) echo "install-deps: unknown argument $arg (want vm or stress)" >&2; exit 2 ;;
+	e2e) pkgs="$pkgs etcd-server" ;;
+	*) echo "install-deps: unknown argument $arg (want vm, stress or e2e)" >&2; exit 2 ;;
 	esac
 done
 
