@@ -6,7 +6,7 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest arm64-6.1
 
-.PHONY: image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
+.PHONY: e2e image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
 
 all: build
 
@@ -85,6 +85,16 @@ vmlinux:
 bench: build
 	$(GO) test -run "^$$" -bench . -benchmem ./events/ ./loader/ ./exporter/
 	$(GO) run ./bench -agent $(BIN) $(BENCHFLAGS)
+
+# A real single-node Kubernetes (etcd, control plane, kubelet on
+# containerd), the image above, `kubectl apply -k deploy/` as the README
+# says, and a pod whose listener overflows. Kubernetes is built from Go
+# modules once and cached in .cache/k8s (cold: about 15 minutes).
+e2e: image
+	./scripts/install-deps.sh e2e
+	K8S_BIN=$$(./scripts/k8s-build.sh) && \
+	LISTENWATCH_E2E_K8S_BIN=$$K8S_BIN LISTENWATCH_E2E_IMAGE=$(CURDIR)/bin/listenwatch-image.tar \
+		$(GO) test -count=1 -v -timeout 60m -run '^TestKubernetesE2E$$' ./integration/
 
 # The full kernel matrix: 6.1, 6.12 and the newest trixie-backports kernel,
 # every hook mode each allows. One kernel: make vmtest VMTEST_KERNELS=6.12

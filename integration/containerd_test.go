@@ -43,6 +43,7 @@ type containerd struct {
 	rt        runtimeapi.RuntimeServiceClient
 	shims     map[string]bool // /run/containerd/s before start: ours are the new ones
 	sandboxes []string
+	madeDir   string // the socket's directory, when this test created it
 }
 
 const pauseImage = "localhost/pause:test"
@@ -71,6 +72,9 @@ func startContainerdAt(t *testing.T, sock string) *containerd {
 	if sock != "" {
 		if _, err := os.Stat(sock); err == nil {
 			t.Fatalf("%s exists: another containerd runs on this host; stop it first", sock)
+		}
+		if _, err := os.Stat(filepath.Dir(sock)); err != nil {
+			c.madeDir = filepath.Dir(sock)
 		}
 		if err := os.MkdirAll(filepath.Dir(sock), 0o711); err != nil {
 			t.Fatal(err)
@@ -229,6 +233,10 @@ func (c *containerd) stop(t *testing.T) {
 	if c.sock != filepath.Join(c.dir, "c.sock") {
 		os.Remove(c.sock)
 		os.Remove(c.sock + ".ttrpc")
+		if c.madeDir != "" {
+			os.Remove(filepath.Join(c.madeDir, "s")) // shim sockets' dir, empty by now
+			os.Remove(c.madeDir)
+		}
 	}
 	// Mounts under state (netns, rootfs) are gone with their sandboxes;
 	// anything still mounted is unmounted before the tree is removed.
@@ -576,4 +584,8 @@ func TestPodNamesFromContainerd(t *testing.T) {
 			t.Errorf("without a runtime: pod_names_info %v, want source=none", m.Label)
 		}
 	}
+}
+
+func contextTimeout() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
 }
