@@ -234,8 +234,7 @@ func (c *containerd) stop(t *testing.T) {
 		os.Remove(c.sock)
 		os.Remove(c.sock + ".ttrpc")
 		if c.madeDir != "" {
-			os.Remove(filepath.Join(c.madeDir, "s")) // shim sockets' dir, empty by now
-			os.Remove(c.madeDir)
+			os.RemoveAll(c.madeDir) // created for this containerd: its runc and shim dirs too
 		}
 	}
 	// Mounts under state (netns, rootfs) are gone with their sandboxes;
@@ -250,9 +249,15 @@ func (c *containerd) stop(t *testing.T) {
 // sandboxes left, deepest first, on every hierarchy. rmdir fails on a
 // cgroup that still has processes or children, so nothing in use goes.
 func removeKubepodsCgroups() {
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods")
-	if _, err := os.Stat("/sys/fs/cgroup/kubepods"); err == nil {
-		roots = append(roots, "/sys/fs/cgroup/kubepods")
+	// kubepods: the sandboxes' cgroup parent; k8s.io: containerd's own,
+	// used when the kubelet runs with cgroupsPerQOS off (make e2e).
+	var roots []string
+	for _, name := range []string{"kubepods", "k8s.io"} {
+		r, _ := filepath.Glob("/sys/fs/cgroup/*/" + name)
+		roots = append(roots, r...)
+		if _, err := os.Stat("/sys/fs/cgroup/" + name); err == nil {
+			roots = append(roots, "/sys/fs/cgroup/"+name)
+		}
 	}
 	for _, root := range roots {
 		var dirs []string

@@ -30,17 +30,24 @@ func TestImage(t *testing.T) {
 		t.Fatalf("mkimage: %v: %s", err, out)
 	}
 	blobs := readArchive(t, archive)
-	var index struct {
+	// index.json names one image index; it lists the platforms.
+	type indexJSON struct {
 		Manifests []struct {
+			MediaType   string            `json:"mediaType"`
 			Digest      string            `json:"digest"`
 			Annotations map[string]string `json:"annotations"`
 			Platform    struct{ Architecture string }
 		} `json:"manifests"`
 	}
-	mustJSON(t, blobs["index.json"], &index)
-	if len(index.Manifests) != 1 || index.Manifests[0].Platform.Architecture != "amd64" ||
-		index.Manifests[0].Annotations["io.containerd.image.name"] != "localhost/listenwatch:test" {
-		t.Fatalf("index: %s", blobs["index.json"])
+	var top, index indexJSON
+	mustJSON(t, blobs["index.json"], &top)
+	if len(top.Manifests) != 1 || top.Manifests[0].MediaType != "application/vnd.oci.image.index.v1+json" ||
+		top.Manifests[0].Annotations["io.containerd.image.name"] != "localhost/listenwatch:test" {
+		t.Fatalf("index.json: %s", blobs["index.json"])
+	}
+	mustJSON(t, blob(t, blobs, top.Manifests[0].Digest), &index)
+	if len(index.Manifests) != 1 || index.Manifests[0].Platform.Architecture != "amd64" {
+		t.Fatalf("image index: %+v", index)
 	}
 	var manifest struct {
 		Config struct{ Digest string }

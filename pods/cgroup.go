@@ -30,10 +30,14 @@ var containerSegment = regexp.MustCompile(`^(?:(?:cri-containerd|crio|docker)-)?
 
 // ParseCgroup reads /proc/<pid>/cgroup (v1 lines, the v2 "0::" line, or
 // both) and returns the pod and container of the first line that names a
-// pod under a kubepods hierarchy. Nested hierarchies (kind runs the node in
+// pod under a kubepods hierarchy. Without one (a kubelet with
+// cgroupsPerQOS off puts containers in /k8s.io/<id>; plain containerd or
+// docker), only the container ID of the last container-looking segment is
+// returned: the runtime's own labels then tell whether it is a pod's. Nested hierarchies (kind runs the node in
 // a docker container: /docker/<id>/kubelet.slice/...) are handled by taking
 // the container segment right after the pod's, never an outer one.
 func ParseCgroup(content string) Ref {
+	var fallback Ref
 	for line := range strings.SplitSeq(content, "\n") {
 		// hierarchy-ID:controllers:path; the path may itself hold ':'.
 		_, rest, ok := strings.Cut(line, ":")
@@ -41,14 +45,30 @@ func ParseCgroup(content string) Ref {
 			continue
 		}
 		_, path, ok := strings.Cut(rest, ":")
-		if !ok || !strings.Contains(path, "kubepods") {
+		if !ok {
 			continue
 		}
-		if r := parsePath(path); r.PodUID != "" {
-			return r
+		if strings.Contains(path, "kubepods") {
+			if r := parsePath(path); r.PodUID != "" {
+				return r
+			}
+		}
+		if fallback.ContainerID == "" {
+			fallback.ContainerID = lastContainer(path)
 		}
 	}
-	return Ref{}
+	return fallback
+}
+
+// lastContainer is the ID of the deepest container-looking segment.
+func lastContainer(path string) string {
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	for i := len(segs) - 1; i >= 0; i-- {
+		if c := containerSegment.FindStringSubmatch(segs[i]); c != nil {
+			return c[1]
+		}
+	}
+	return ""
 }
 
 func parsePath(path string) Ref {

@@ -35,14 +35,19 @@ func TestParseCgroup(t *testing.T) {
 		{"pod cgroup itself (no container)", "0::/kubepods/besteffort/pod" + uid, Ref{uid, ""}},
 		{"sub-cgroup under the container", "0::/kubepods/besteffort/pod" + uid + "/" + id + "/init", Ref{uid, id}},
 
-		{"plain docker container", "0::/docker/" + id, Ref{}},
-		{"containerd outside kubernetes", "0::/default/" + id, Ref{}},
+		// Outside a kubepods hierarchy only the container ID: the runtime's
+		// labels say whether it is a pod's.
+		{"plain docker container", "0::/docker/" + id, Ref{"", id}},
+		{"containerd outside kubernetes", "0::/default/" + id, Ref{"", id}},
+		{"kubelet with cgroupsPerQOS off", "0::/k8s.io/" + id, Ref{"", id}},
+		{"docker scope, systemd", "0::/system.slice/docker-" + id + ".scope", Ref{"", id}},
+		{"cri-o conmon outside kubepods", "0::/machine.slice/crio-conmon-" + id + ".scope", Ref{}},
 		{"system service", "0::/system.slice/containerd.service", Ref{}},
 		{"user session", "0::/user.slice/user-0.slice/session-3.scope", Ref{}},
 		{"pod-looking name outside kubepods", "0::/system.slice/pod" + uid + ".service", Ref{}},
 		{"kubepods qos level only", "0::/kubepods/besteffort", Ref{}},
 		{"short uid", "0::/kubepods/besteffort/pod4c7a2e1b-93f0-4d2a-8a8e", Ref{}},
-		{"uppercase is not a kubelet uid", "0::/kubepods/besteffort/pod" + strings.ToUpper(uid) + "/" + id, Ref{}},
+		{"uppercase is not a kubelet uid", "0::/kubepods/besteffort/pod" + strings.ToUpper(uid) + "/" + id, Ref{"", id}},
 		{"short container id", "0::/kubepods/besteffort/pod" + uid + "/abc123", Ref{uid, ""}},
 		{"empty", "", Ref{}},
 		{"garbage", "no colons here\n::\n", Ref{}},
@@ -61,8 +66,8 @@ func FuzzParseCgroup(f *testing.F) {
 		if r.ContainerID != "" && len(r.ContainerID) != 64 {
 			t.Fatalf("container id %q", r.ContainerID)
 		}
-		if r.ContainerID != "" && r.PodUID == "" {
-			t.Fatalf("container without pod: %+v", r)
+		if r.PodUID != "" && !strings.Contains(s, "kubepods") {
+			t.Fatalf("pod outside kubepods: %+v", r)
 		}
 		if strings.Contains(r.PodUID, "_") {
 			t.Fatalf("uid %q", r.PodUID)

@@ -28,10 +28,10 @@ func (n *Names) Of(pid uint32) Pod {
 		return Pod{}
 	}
 	ref := ParseCgroup(string(b))
-	if ref.PodUID == "" {
+	if ref.PodUID == "" && ref.ContainerID == "" {
 		return Pod{}
 	}
-	if p, ok := n.cri.Container(ref.ContainerID); ok {
+	if p, ok := n.cri.Container(ref.ContainerID); ok && (p.UID != "" || ref.PodUID != "") {
 		if p.UID == "" {
 			p.UID = ref.PodUID
 		}

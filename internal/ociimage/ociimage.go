@@ -139,14 +139,26 @@ func Write(w io.Writer, imgs ...Image) error {
 		}
 		manifests = append(manifests, descriptor{
 			MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: digest(manifest), Size: int64(len(manifest)),
-			Annotations: map[string]string{
-				"io.containerd.image.name":          img.Name,
-				"org.opencontainers.image.ref.name": img.Name,
-			},
 			Platform: &platform{Architecture: img.Arch, OS: "linux"},
 		})
 	}
-	index, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": manifests})
+	// One image, many platforms: the platforms' manifests go in an image
+	// index blob, and index.json names that one index (a descriptor per
+	// platform there would make as many images of one name, and importers
+	// that take only their own platform's blobs fail on the others).
+	platforms, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests,
+	})
+	if err := put(blob(platforms), platforms); err != nil {
+		return err
+	}
+	index, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []descriptor{{
+		MediaType: "application/vnd.oci.image.index.v1+json", Digest: digest(platforms), Size: int64(len(platforms)),
+		Annotations: map[string]string{
+			"io.containerd.image.name":          imgs[0].Name,
+			"org.opencontainers.image.ref.name": imgs[0].Name,
+		},
+	}}})
 	if err := put("index.json", index); err != nil {
 		return err
 	}
