@@ -64,7 +64,7 @@ deps:
 vet:
 	$(GO) vet ./...
 	# arm64 is a release target: it must build and vet here too (its BPF
-	# object is generated beside x86's; make vmtest-arm64 loads it).
+	# object is generated beside x86's; the arm64 guest of make test loads it).
 	GOARCH=arm64 $(GO) build ./... && GOARCH=arm64 $(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 
