@@ -82,6 +82,12 @@ type Counters struct {
 	UnattributedSYN       uint64 // SYNs to no registered listener
 	UnattributedHandshake uint64
 	UnattributedAccept    uint64
+	// ListenersEvicted counts listeners that were open at one reading of
+	// the registry and gone from it at the next without being closed: the
+	// table (LRU, ListenerCapacity entries) was full and the kernel evicted
+	// them, their counts lost.
+	ListenersEvicted uint64
+	ListenerCapacity uint64
 }
 
 // Delta is cur - prev for a cumulative counter. ok is false when the

@@ -78,6 +78,7 @@ type descs struct {
 	hookInfo, lost, records, decodeErrors, unattributed  typedDesc
 	recursionMisses, runSeconds, runs, sourceSuccess     typedDesc
 	podNames, criErrors, listenerCount                   typedDesc
+	evicted, capacity                                    typedDesc
 	// Histograms are built from their own state, not from a value type.
 	queueLenHist, handshakeDur, queueWait, synToAccept *prometheus.Desc
 }
@@ -97,7 +98,7 @@ func (d *descs) all(o Options) []*prometheus.Desc {
 		d.acceptQLen, d.synQLen, d.incomplete, d.handshakeSum, d.waitSum,
 		d.hookInfo, d.lost, d.records, d.decodeErrors, d.unattributed,
 		d.recursionMisses, d.runSeconds, d.runs, d.sourceSuccess,
-		d.podNames, d.criErrors, d.listenerCount,
+		d.podNames, d.criErrors, d.listenerCount, d.evicted, d.capacity,
 	} {
 		out = append(out, t.desc)
 	}
@@ -171,6 +172,8 @@ func New(src Source, proc procfs.FS, log zerolog.Logger) *Collector {
 		recursionMisses: counter("bpf_recursion_misses_total", "Program runs the kernel skipped because it was already running on that CPU.", "program"),
 		runSeconds:      counter("bpf_run_seconds_total", "CPU time spent in the program (only while kernel.bpf_stats_enabled=1).", "program"),
 		runs:            counter("bpf_runs_total", "Runs of the program (only while kernel.bpf_stats_enabled=1).", "program"),
+		evicted:         counter("listener_table_evictions_total", "Open listeners the kernel evicted from the full listener table (LRU): their counts are lost. Raise --listener-table-size when this grows."),
+		capacity:        gauge("listener_table_capacity", "Entries of the listener table (--listener-table-size); compare with sum(listenwatch_listeners)."),
 		listenerCount:   gauge("listeners", "Listeners known to the kernel side, by state: exported (with series) or filtered (left out by --listen-ports or the namespace selectors).", "state"),
 		podNames:        gauge("pod_names_info", "Where pod names come from: source=cri (the container runtime at endpoint) or none (pod UIDs from cgroups only, no names).", "source", "endpoint", "runtime"),
 		criErrors:       counter("cri_refresh_errors_total", "Refreshes of the pod-name cache that failed (the container runtime did not answer); names may be stale."),
@@ -337,6 +340,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- d.unattributed.metric(float64(cs.UnattributedSYN), string(events.StageSYN))
 		ch <- d.unattributed.metric(float64(cs.UnattributedHandshake), string(events.StageHandshake))
 		ch <- d.unattributed.metric(float64(cs.UnattributedAccept), string(events.StageAccept))
+		ch <- d.evicted.metric(float64(cs.ListenersEvicted))
+		ch <- d.capacity.metric(float64(cs.ListenerCapacity))
 	}
 
 	ps, err := c.src.Programs()

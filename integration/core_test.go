@@ -888,3 +888,59 @@ func TestListenersReadableUnderChurn(t *testing.T) {
 	close(stop)
 	t.Logf("%d registry reads during %d listen()/close() pairs", reads, <-churned)
 }
+
+// TestListenerTableEvictionsCounted: with a listener table too small for
+// the host, the kernel's LRU evicts open listeners; that must be counted
+// and logged, never silent.
+func TestListenerTableEvictionsCounted(t *testing.T) {
+	var logs strings.Builder
+	cfg := loader.Config{ListenerTableSize: 16, Mode: testCfg.Mode, Disabled: testCfg.Disabled}
+	tr, err := loader.Open(cfg, zerolog.New(&syncWriter{w: &logs}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ns := newNS(t)
+	listenAll := func(from, n int) {
+		for i := range n {
+			listen(t, ns, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(from+i)), 8)
+		}
+	}
+	listenAll(9100, 12)
+	if _, err := tr.Listeners(); err != nil { // the baseline reading: these are open
+		t.Fatal(err)
+	}
+	listenAll(9200, 40) // far more than the table holds
+	if _, err := tr.Listeners(); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := tr.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs.ListenersEvicted == 0 || cs.ListenerCapacity != 16 {
+		t.Fatalf("evictions %d capacity %d: 52 listeners in a table of 16 evicted none?", cs.ListenersEvicted, cs.ListenerCapacity)
+	}
+	if !strings.Contains(logs.String(), "listener table full") {
+		t.Errorf("no log line for the evictions: %s", logs.String())
+	}
+	t.Logf("52 listeners, table of 16: %d evictions counted and logged", cs.ListenersEvicted)
+	// A reading with nothing new evicts nothing more.
+	before := cs.ListenersEvicted
+	tr.Listeners()
+	if cs, _ = tr.Counters(); cs.ListenersEvicted != before {
+		t.Errorf("evictions grew from %d to %d with no listener added", before, cs.ListenersEvicted)
+	}
+}
+
+// syncWriter serializes writes from the loader's goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  *strings.Builder
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}

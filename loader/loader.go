@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cilium/ebpf"
@@ -37,6 +38,13 @@ type Tracer struct {
 
 	records      atomic.Uint64 // records read from the ring buffer
 	decodeErrors atomic.Uint64 // records that could not be decoded
+
+	// Eviction accounting (see Listeners): the registry is an LRU, so a
+	// full table evicts silently unless the reader notices.
+	registryMu sync.Mutex
+	lastOpen   map[events.ListenerKey]struct{} // open at the last reading
+	swept      map[events.ListenerKey]struct{} // deleted by the sweeper since
+	evicted    atomic.Uint64
 }
 
 // socketsPerListener sizes the per-socket table from the listener table.

@@ -21,8 +21,11 @@ var (
 	_ = [1]struct{}{}[events.OwnersMax-int(bpfLwLimitsLW_OWNERS_MAX)]
 )
 
-// Listeners reads the listener registry.
+// Listeners reads the listener registry. Readings are serialized: each
+// is compared with the previous one to count evictions (noteEvictions).
 func (t *Tracer) Listeners() ([]events.Listener, error) {
+	t.registryMu.Lock()
+	defer t.registryMu.Unlock()
 	var out []events.Listener
 	err := readMap(t.maps[bpfMapLwListeners], func(k *bpfLwListenerKey, v *bpfLwListenerStats) {
 		out = append(out, events.Listener{
@@ -36,7 +39,48 @@ func (t *Tracer) Listeners() ([]events.Listener, error) {
 	if err != nil {
 		return out, fmt.Errorf("read listeners: %w", err)
 	}
+	t.noteEvictions(out)
 	return out, nil
+}
+
+// noteEvictions counts the listeners that were open at the previous
+// reading and are gone now though the sweeper did not delete them: only
+// the kernel's LRU eviction removes an open listener's entry. Called with
+// registryMu held.
+func (t *Tracer) noteEvictions(out []events.Listener) {
+	present := make(map[events.ListenerKey]struct{}, len(out))
+	open := make(map[events.ListenerKey]struct{}, len(out))
+	for i := range out {
+		present[out[i].Key] = struct{}{}
+		if out[i].Sockets > 0 {
+			open[out[i].Key] = struct{}{}
+		}
+	}
+	var n uint64
+	for k := range t.lastOpen {
+		_, here := present[k]
+		_, swept := t.swept[k]
+		if !here && !swept {
+			n++
+		}
+	}
+	t.lastOpen, t.swept = open, nil
+	if n > 0 {
+		total := t.evicted.Add(n)
+		t.log.Warn().Uint64("evicted", n).Uint64("evicted_total", total).Uint32("capacity", t.cfg.ListenerTableSize).
+			Int("entries", len(out)).Msg("listener table full: open listeners evicted, their counts lost; raise --listener-table-size")
+	}
+}
+
+// forgotten records a key the sweeper deleted, so that its absence is not
+// taken for an eviction.
+func (t *Tracer) forgotten(k events.ListenerKey) {
+	t.registryMu.Lock()
+	defer t.registryMu.Unlock()
+	if t.swept == nil {
+		t.swept = map[events.ListenerKey]struct{}{}
+	}
+	t.swept[k] = struct{}{}
 }
 
 func cString(b []int8) string {
@@ -69,6 +113,8 @@ func (t *Tracer) Counters() (events.Counters, error) {
 		UnattributedAccept:    sums[bpfLwCounterLW_C_UNATTRIBUTED_ACCEPT],
 		DecodeErrors:          t.decodeErrors.Load(),
 		Records:               t.records.Load(),
+		ListenersEvicted:      t.evicted.Load(),
+		ListenerCapacity:      uint64(t.cfg.ListenerTableSize),
 	}, nil
 }
 

@@ -47,6 +47,7 @@ func (t *Tracer) sweepClosed(now, retention time.Duration) (int, error) {
 		if err := m.Lookup(&k, &v); err != nil || !expired(&v, now, retention) {
 			continue
 		}
+		t.forgotten(listenerKey(&k))
 		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return n, fmt.Errorf("forget closed listener: %w", err)
 		}
