@@ -150,22 +150,6 @@ func TestDaemonSetInContainerd(t *testing.T) {
 		return strings.Contains(body, info), fmt.Sprintf("no listener_info {%s}:\n%s", info, grepLines(body, "listenwatch_listener_info"))
 	})
 
-	before, err := webNS.Netstat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeAll(connectNonBlocking(t, webNS, netip.MustParseAddrPort("127.0.0.1:8080"), 40))
-	lab := fmt.Sprintf(`listenwatch_listener_drops_total{addr="0.0.0.0",netns="%d",port="8080"`, webNS.Inode)
-	var lo uint64
-	eventually(t, settle, func() (bool, string) {
-		after, err := webNS.Netstat()
-		if err != nil {
-			t.Fatal(err)
-		}
-		lo = after["TcpExt.ListenOverflows"] - before["TcpExt.ListenOverflows"]
-		body, _ := get("http://" + addr + "/metrics")
-		got := sumLines(body, lab, "accept_queue_full")
-		return lo > 0 && got == float64(lo), fmt.Sprintf("overflows: agent %v, kernel %d", got, lo)
-	})
+	lo := overflowScraped(t, webNS, netip.MustParseAddrPort("127.0.0.1:8080"), netip.MustParseAddrPort("0.0.0.0:8080"), "http://"+addr+"/metrics")
 	t.Logf("the DaemonSet's container (caps %v, read-only root, seccomp RuntimeDefault): every stage attached, pod shop/web-0 named, %d overflows as the kernel counted", add, lo)
 }

@@ -329,23 +329,7 @@ spec:
 		body, err := get(metrics)
 		return err == nil && strings.Contains(body, info), fmt.Sprintf("agent metrics lack listener_info {%s}: %v\n%s", info, err, grepLines(body, "listenwatch_listener_info"))
 	})
-	before, err := webNS.Netstat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeAll(connectNonBlocking(t, webNS, netip.MustParseAddrPort("127.0.0.1:8080"), 40))
-	drops := fmt.Sprintf(`listenwatch_listener_drops_total{addr="0.0.0.0",netns="%d",port="8080"`, webNS.Inode)
-	var lo uint64
-	eventually(t, settle, func() (bool, string) {
-		after, err := webNS.Netstat()
-		if err != nil {
-			t.Fatal(err)
-		}
-		lo = after["TcpExt.ListenOverflows"] - before["TcpExt.ListenOverflows"]
-		body, _ := get(metrics)
-		got := sumLines(body, drops, "accept_queue_full")
-		return lo > 0 && got == float64(lo), fmt.Sprintf("overflows: agent %v, kernel %d", got, lo)
-	})
+	lo := overflowScraped(t, webNS, netip.MustParseAddrPort("127.0.0.1:8080"), netip.MustParseAddrPort("0.0.0.0:8080"), metrics)
 	t.Logf("e2e: DaemonSet from deploy/ on a real cluster; pod shop/web (container app) named by the agent, %d overflows as the kernel counted; %v in all",
 		lo, time.Since(start).Round(time.Second))
 }

@@ -92,7 +92,6 @@ func TestLeastPrivilege(t *testing.T) {
 	ns := newNS(t)
 	addr := netip.MustParseAddrPort("127.0.0.1:8484")
 	pid := nobodyListener(t, ns, addr)
-	lab := fmt.Sprintf(`addr="127.0.0.1",netns="%d"`, ns.Inode)
 	infoLine := fmt.Sprintf(`comm="podapp",container="",namespace="",netns="%d",pid="%d"`, ns.Inode, pid)
 	fdsLine := fmt.Sprintf(`listenwatch_process_open_fds{comm="podapp",pid="%d"}`, pid)
 	scrape := func(a string) string {
@@ -110,21 +109,7 @@ func TestLeastPrivilege(t *testing.T) {
 		if body := scrape(a); strings.Contains(body, `mode="none"`) {
 			t.Errorf("a stage is not attached with the exact set:\n%s", grepLines(body, "listenwatch_hook_info"))
 		}
-		before, err := ns.Netstat()
-		if err != nil {
-			t.Fatal(err)
-		}
-		closeAll(connectNonBlocking(t, ns, addr, 40))
-		var lo uint64
-		eventually(t, settle, func() (bool, string) {
-			after, err := ns.Netstat()
-			if err != nil {
-				t.Fatal(err)
-			}
-			lo = after["TcpExt.ListenOverflows"] - before["TcpExt.ListenOverflows"]
-			got := sumLines(scrape(a), "listenwatch_listener_drops_total{"+lab, "accept_queue_full")
-			return lo > 0 && got == float64(lo), fmt.Sprintf("overflows: listenwatch %v, kernel %d", got, lo)
-		})
+		lo := overflowScraped(t, ns, addr, addr, "http://"+a+"/metrics")
 		eventually(t, settle, func() (bool, string) {
 			d, _ := get("http://" + a + "/diagnosis")
 			return strings.Contains(d, "8484") && strings.Contains(d, "net.core.somaxconn"),
@@ -211,4 +196,30 @@ func sumLines(body, prefix, sub string) float64 {
 		}
 	}
 	return sum
+}
+
+// overflowScraped sends 40 clients at a listener that never accepts (its
+// address as dialled inside ns, its labels as exported) and waits until
+// the accept-queue-full drops a scrape of metricsURL reports equal the
+// namespace's ListenOverflows delta; it returns that count.
+func overflowScraped(t *testing.T, ns *netnstest.NS, dialAddr netip.AddrPort, listenAddr netip.AddrPort, metricsURL string) uint64 {
+	t.Helper()
+	before, err := ns.Netstat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeAll(connectNonBlocking(t, ns, dialAddr, 40))
+	prefix := fmt.Sprintf(`listenwatch_listener_drops_total{addr="%s",netns="%d",port="%d"`, listenAddr.Addr(), ns.Inode, listenAddr.Port())
+	var lo uint64
+	eventually(t, settle, func() (bool, string) {
+		after, err := ns.Netstat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		lo = after["TcpExt.ListenOverflows"] - before["TcpExt.ListenOverflows"]
+		body, _ := get(metricsURL)
+		got := sumLines(body, prefix, "accept_queue_full")
+		return lo > 0 && got == float64(lo), fmt.Sprintf("overflows: agent %v, kernel %d", got, lo)
+	})
+	return lo
 }
