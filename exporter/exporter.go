@@ -234,11 +234,20 @@ func (c *Collector) Observe(conn *events.Conn) {
 		s.touched.Store(true) // a load first: no cache-line write per event
 	}
 	tl := conn.Timeline()
+	// Without the split only the sums are exported: no bucket search.
 	if tl.HasHandshake {
-		s.handshake.observe(tl.Handshake)
+		if c.opts.LatencySplit {
+			s.handshake.observe(tl.Handshake)
+		} else {
+			s.handshake.sum.Add(int64(tl.Handshake))
+		}
 	}
 	if tl.HasQueueWait {
-		s.wait.observe(tl.QueueWait)
+		if c.opts.LatencySplit {
+			s.wait.observe(tl.QueueWait)
+		} else {
+			s.wait.sum.Add(int64(tl.QueueWait))
+		}
 	}
 	if tl.HasTotal {
 		s.total.observe(tl.Total)
@@ -246,7 +255,7 @@ func (c *Collector) Observe(conn *events.Conn) {
 	if tl.Missing != events.MissingNone {
 		s.incomplete[tl.Missing-1].Add(1)
 	}
-	if conn.AcceptQueueLen > 0 {
+	if c.opts.QueueLengthHistogram && conn.AcceptQueueLen > 0 {
 		s.queueLen.observe(conn.AcceptQueueLen)
 	}
 }

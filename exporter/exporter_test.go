@@ -355,3 +355,30 @@ func b2i(b bool) int {
 	}
 	return 0
 }
+
+// By default the split is exported as sums only: the sums must still be
+// exact though no bucket is kept.
+func TestDefaultSumsWithoutSplit(t *testing.T) {
+	c := New(newFake(), procfs.FS{}, zerolog.Nop())
+	c.Observe(&events.Conn{Listener: web, Flags: events.FlagHandshake | events.FlagSYNFromRTT, AcceptQueueLen: 3,
+		SYNACKSent: time.Second, Established: time.Second + 40*time.Microsecond, Accepted: time.Second + 40*time.Microsecond + 20*time.Millisecond})
+	want := `
+# HELP listenwatch_accept_queue_wait_time_seconds_total Sum of the accept-queue waits (handshake complete -> accept() returned) of accepted connections: the application's share of the latency.
+# TYPE listenwatch_accept_queue_wait_time_seconds_total counter
+listenwatch_accept_queue_wait_time_seconds_total{addr="10.0.0.5",netns="4026531840",port="8080"} 0.02
+# HELP listenwatch_handshake_seconds_total Sum of the handshake durations (SYN-ACK sent -> final ACK) of accepted connections: divided by the rate of listenwatch_listener_connections_accepted_total it is the mean; compare with listenwatch_accept_queue_wait_time_seconds_total (network or application?).
+# TYPE listenwatch_handshake_seconds_total counter
+listenwatch_handshake_seconds_total{addr="10.0.0.5",netns="4026531840",port="8080"} 4e-05
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "listenwatch_handshake_seconds_total", "listenwatch_accept_queue_wait_time_seconds_total"); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range *c.listeners.Load() {
+		if n, _, _ := s.handshake.snapshot(); n != 0 {
+			t.Errorf("handshake buckets kept without --metrics.latency-split: %d", n)
+		}
+		if n, _, _ := s.queueLen.snapshot(); n != 0 {
+			t.Errorf("queue-length histogram fed without its option: %d", n)
+		}
+	}
+}

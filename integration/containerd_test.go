@@ -155,9 +155,8 @@ func (c *containerd) log() string {
 	return string(b)
 }
 
-// buildPodapp compiles integration/podapp statically and writes it as the
-// OCI archive of localhost/pause:test (the pause process and the app).
-func buildPodapp(t *testing.T, dir string) string {
+// podappBinary compiles integration/podapp statically into dir.
+func podappBinary(t *testing.T, dir string) string {
 	t.Helper()
 	needGo(t)
 	bin := filepath.Join(dir, "podapp")
@@ -166,7 +165,14 @@ func buildPodapp(t *testing.T, dir string) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build podapp: %v: %s", err, out)
 	}
-	data, err := os.ReadFile(bin)
+	return bin
+}
+
+// buildPodapp writes podapp as the OCI archive of localhost/pause:test
+// (the pause process and the app).
+func buildPodapp(t *testing.T, dir string) string {
+	t.Helper()
+	data, err := os.ReadFile(podappBinary(t, dir))
 	if err != nil {
 		t.Fatal(err)
 	}

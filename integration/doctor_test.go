@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,13 +25,7 @@ func TestDoctorCommand(t *testing.T) {
 	listen(t, healthy, netip.MustParseAddrPort("127.0.0.1:8686"), 128)
 
 	// The leaky owner: podapp holding 40 more fds under a limit of 50.
-	dir := t.TempDir()
-	podapp := filepath.Join(dir, "podapp")
-	build := exec.Command("go", "build", "-o", podapp, "./podapp")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build podapp: %v: %s", err, out)
-	}
+	podapp := podappBinary(t, t.TempDir())
 	app := exec.Command("ip", "netns", "exec", leaky.Name, "prlimit", "--nofile=50:50", "--", podapp, "127.0.0.1:8686", "16", "40")
 	if err := app.Start(); err != nil {
 		t.Fatal(err)

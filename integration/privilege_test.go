@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,12 +47,7 @@ func nobodyListener(t *testing.T, ns *netnstest.NS, addr netip.AddrPort) int {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755) // nobody must be able to run the binary
-	bin := filepath.Join(dir, "podapp")
-	build := exec.Command("go", "build", "-o", bin, "./podapp")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build podapp: %v: %s", err, out)
-	}
+	bin := podappBinary(t, dir)
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
 		bin, addr.String(), "4")
 	if err := cmd.Start(); err != nil {
