@@ -89,6 +89,7 @@ const enum lw_drop *unused_drop __attribute__((unused));
 const enum lw_accept_err *unused_aerr __attribute__((unused));
 const struct lw_seed *unused_seed __attribute__((unused)); /* written by the iterator, not a map */
 const enum lw_limits *unused_limits __attribute__((unused));
+const enum lw_kind *unused_kind __attribute__((unused));
 
 /* The pipeline, in order: helpers first, then one header per stage. One
  * object, one generate line (loader/gen.go). */

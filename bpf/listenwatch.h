@@ -34,6 +34,15 @@ enum lw_accept_err {
 enum lw_limits {
 	LW_GROUP_MAX = 8,  /* sockets of an SO_REUSEPORT group followed one by one */
 	LW_OWNERS_MAX = 4, /* processes remembered per listener */
+	/* Drop records per listener per second (about: CPUs racing at a
+	 * second's edge may add a few); the rest are counted, not sent. */
+	LW_DROP_EVENTS_PER_SEC = 100,
+};
+
+/* What a ring-buffer record is. */
+enum lw_kind {
+	LW_K_ACCEPT = 0, /* a connection returned by accept() */
+	LW_K_DROP,       /* a refused connection attempt (rate-limited) */
 };
 
 /* Per-listener counters, written with atomic adds by every stage and read by
@@ -60,6 +69,12 @@ struct lw_listener_stats {
 	 * process of an SO_REUSEPORT group. */
 	__u32 owners[LW_OWNERS_MAX];
 	__u32 owner_next; /* the slot replaced next when all are taken */
+	/* Drop records: sent in the current one-second window, and the drops
+	 * not sent as records (over the rate limit, or the ring buffer full),
+	 * by reason. Records' counts + drops_unreported == drops, exactly. */
+	__u32 drop_window_sent;
+	__u64 drop_window; /* the window: CLOCK_MONOTONIC seconds */
+	__u64 drops_unreported[LW_DROP_MAX];
 };
 
 /* Per listening socket: what its drop count and SYN queue were when last
@@ -87,8 +102,9 @@ enum lw_flag {
 	LW_F_NO_LISTENER = 1 << 5,   /* listener identity could not be resolved */
 };
 
-/* One record per accepted connection, the only kind of record. The client
- * address is carried for logs and tests, never used as a metric label. */
+/* One record per accepted connection (LW_K_ACCEPT), or per refused attempt
+ * (LW_K_DROP, rate-limited per listener). The client address is carried for
+ * trace and tests, never used as a metric label. */
 struct lw_event {
 	__u64 t_synack; /* ns, CLOCK_MONOTONIC, SYN-ACK sent; 0 when unknown */
 	__u64 t_est;    /* 0 when the handshake stage was not seen */
@@ -97,8 +113,11 @@ struct lw_event {
 	__u8 raddr[16]; /* client address, 4 bytes used for AF_INET */
 	__u32 flags;
 	__u32 pid;
-	__u32 ackq;  /* accept-queue length when the child was queued; 0 if unknown */
-	__u16 rport; /* client port, host order */
+	__u32 ackq;  /* accept-queue length when the child was queued (drop: at the drop); 0 if unknown */
+	__u16 rport; /* client port, host order; 0 when unknown */
+	__u8 kind;   /* enum lw_kind */
+	__u8 reason; /* drop: enum lw_drop */
+	__u32 count; /* drop: drops this record stands for (several at once on one socket) */
 };
 
 /* One listening socket found by the seed iterator, written to the

@@ -62,6 +62,37 @@ type Conn struct {
 	AcceptQueueLen uint32
 }
 
+// Kind says what a record from the kernel is.
+type Kind uint8
+
+// Values mirror enum lw_kind; the loader checks them.
+const (
+	KindAccept Kind = iota // a connection returned by accept(): a Conn
+	KindDrop               // a refused connection attempt: a Drop
+)
+
+// Drop is one refused connection attempt (or several at the same instant
+// on one socket), as the kernel reported it. Drop records are rate-limited
+// per listener in the kernel (DropRecordsPerSecond); the listener's
+// counters stay exact, and Listener.DropsUnreported counts what was not
+// sent as a record.
+type Drop struct {
+	Listener ListenerKey
+	// Client is the address the attempt came from; the zero AddrPort when
+	// the hook could not see it (kretprobe mode at SYN time).
+	Client netip.AddrPort
+	Reason DropReason
+	Count  uint32        // drops this record stands for, at least 1
+	At     time.Duration // CLOCK_MONOTONIC
+	// AcceptQueueLen is the listener socket's accept-queue length at the
+	// drop; 0 when unknown.
+	AcceptQueueLen uint32
+}
+
+// DropRecordsPerSecond bounds the drop records a listener sends per second
+// (the kernel's LW_DROP_EVENTS_PER_SEC; the loader checks they agree).
+const DropRecordsPerSecond = 100
+
 // Missing names the first stage of a connection's timeline that is not
 // known, which is why some of its latencies are not reported.
 type Missing uint8

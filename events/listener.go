@@ -21,6 +21,10 @@ type Listener struct {
 	AcceptQueueLen, SYNQueueLen uint32
 
 	Drops         [DropReasons]uint64 // by DropReason
+	// DropsUnreported are the drops, by reason, not sent as Drop records
+	// (over DropRecordsPerSecond, or the ring buffer full): the sum of
+	// the records' counts and these is Drops, exactly.
+	DropsUnreported [DropReasons]uint64
 	CookiesSent   uint64              // SYNs answered with a SYN cookie
 	SynackRetrans uint64              // SYN-ACKs retransmitted
 	AcceptEMFILE  uint64              // accept() failed: process fd limit

@@ -443,7 +443,7 @@ func openTracer(t *testing.T, cfg loader.Config) *loader.Tracer {
 func drain(t *testing.T, tr *loader.Tracer, sink func(*events.Conn)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx, sink) }()
+	go func() { done <- tr.Run(ctx, sink, nil) }()
 	prev := uint64(math.MaxUint64)
 	for {
 		time.Sleep(300 * time.Millisecond)
@@ -667,7 +667,7 @@ func TestClosedListenerDoesNotCapture(t *testing.T) {
 func runReader(t *testing.T, tr *loader.Tracer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx, func(*events.Conn) {}) }()
+	go func() { done <- tr.Run(ctx, func(*events.Conn) {}, nil) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

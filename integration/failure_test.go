@@ -99,6 +99,7 @@ func overflowScenario(t *testing.T, ns *netnstest.NS, clients int) {
 func startOverflow(t *testing.T, ns *netnstest.NS, clients int) *overflow {
 	t.Helper()
 	addr := netip.MustParseAddrPort("127.0.0.1:8181")
+	tap.watch(t, ns.Inode)
 	o := &overflow{ns: ns, fd: listen(t, ns, addr, 4), key: events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}}
 	var err error
 	if o.before, err = ns.Netstat(); err != nil {
@@ -133,6 +134,39 @@ func (o *overflow) finish(t *testing.T) {
 	if l.TotalDrops() != ld {
 		t.Errorf("netns %d: listenwatch drops %d, kernel ListenDrops %d", o.ns.Inode, l.TotalDrops(), ld)
 	}
+	checkDropRecords(t, l, o.key.Addr) // the clients connect from the listener's address
+}
+
+// checkDropRecords: the listener's drop records (rate-limited in the
+// kernel) and its count of drops not sent as records add up to its drop
+// counts, exactly, reason by reason; records name a client in the test's
+// own range when they name one (clients: invalid for spoofed sources).
+func checkDropRecords(t *testing.T, l events.Listener, clients netip.Addr) []events.Drop {
+	t.Helper()
+	var recs []events.Drop
+	var got [events.DropReasons]uint64
+	eventually(t, settle, func() (bool, string) {
+		recs = tap.dropRecords(l.Key)
+		got = l.DropsUnreported
+		for _, d := range recs {
+			got[d.Reason] += uint64(d.Count)
+		}
+		return got == l.Drops, fmt.Sprintf("records %d + unreported %v = %v, counted drops %v", len(recs), l.DropsUnreported, got, l.Drops)
+	})
+	named := 0
+	for _, d := range recs {
+		if d.Client.IsValid() {
+			named++
+			if clients.IsValid() && d.Client.Addr() != clients {
+				t.Errorf("drop record names client %v, want one from %v", d.Client, clients)
+			}
+		}
+	}
+	t.Logf("drop records %d (%d naming the client), unreported %v, drops %v", len(recs), named, l.DropsUnreported, l.Drops)
+	if l.TotalDrops() > 3*events.DropRecordsPerSecond && l.DropsUnreported == [events.DropReasons]uint64{} {
+		t.Errorf("%d drops in seconds and none over the rate limit of %d/s", l.TotalDrops(), events.DropRecordsPerSecond)
+	}
+	return recs
 }
 
 // floodPair is a server namespace and a peer namespace joined by a veth.
@@ -175,6 +209,7 @@ func TestSYNQueueOverflow(t *testing.T) {
 			addr := netip.MustParseAddrPort("10.88.0.1:8282")
 			fd := listen(t, server, addr, 8)
 			key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
+			tap.watch(t, server.Inode)
 			before, _ := server.Netstat()
 			hping(t, peer, addr, 60)
 			// The first SYN-ACK retransmits come 1 s after the SYN-ACKs;
@@ -200,6 +235,7 @@ func TestSYNQueueOverflow(t *testing.T) {
 				if d["TcpExt.TCPReqQFullDrop"] == 0 {
 					t.Fatal("kernel dropped no SYN: the scenario is broken")
 				}
+				checkDropRecords(t, l, netip.Addr{})
 				if l.Drops[3] != d["TcpExt.TCPReqQFullDrop"] || l.TotalDrops() != d["TcpExt.ListenDrops"] {
 					t.Errorf("SYN-queue drops %d (total %d), kernel TCPReqQFullDrop %d (ListenDrops %d)",
 						l.Drops[3], l.TotalDrops(), d["TcpExt.TCPReqQFullDrop"], d["TcpExt.ListenDrops"])

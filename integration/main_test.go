@@ -33,7 +33,7 @@ var (
 	tracer    *loader.Tracer
 	collector *exporter.Collector
 	registry  *prometheus.Registry
-	tap       = &eventTap{byClient: map[netip.AddrPort]events.Conn{}, watched: map[uint32]bool{}}
+	tap       = &eventTap{byClient: map[netip.AddrPort]events.Conn{}, watched: map[uint32]bool{}, drops: map[events.ListenerKey][]events.Drop{}}
 	testMode  events.Mode
 	testCfg   loader.Config // what the environment asked for; private tracers reuse it
 )
@@ -46,6 +46,7 @@ type eventTap struct {
 	mu       sync.Mutex
 	byClient map[netip.AddrPort]events.Conn
 	watched  map[uint32]bool
+	drops    map[events.ListenerKey][]events.Drop // rate-limited in the kernel: bounded
 }
 
 // watch keeps the connections to listeners of one namespace until the
@@ -63,6 +64,11 @@ func (e *eventTap) watch(t testing.TB, netns uint32) {
 				delete(e.byClient, a)
 			}
 		}
+		for k := range e.drops {
+			if k.Netns == netns {
+				delete(e.drops, k)
+			}
+		}
 	})
 }
 
@@ -72,6 +78,21 @@ func (e *eventTap) add(c *events.Conn) {
 		e.byClient[c.Client] = *c
 	}
 	e.mu.Unlock()
+}
+
+func (e *eventTap) addDrop(d *events.Drop) {
+	e.mu.Lock()
+	if e.watched[d.Listener.Netns] {
+		e.drops[d.Listener] = append(e.drops[d.Listener], *d)
+	}
+	e.mu.Unlock()
+}
+
+// dropRecords are the drop records of a listener so far.
+func (e *eventTap) dropRecords(k events.ListenerKey) []events.Drop {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]events.Drop(nil), e.drops[k]...)
 }
 
 func (e *eventTap) get(a netip.AddrPort) (events.Conn, bool) {
@@ -124,7 +145,7 @@ func TestMain(m *testing.M) {
 		done <- tracer.Run(ctx, func(c *events.Conn) {
 			collector.Observe(c)
 			tap.add(c)
-		})
+		}, tap.addDrop)
 	}()
 	code := m.Run()
 	cancel()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +194,7 @@ func TestOverflowAfterTheSYN(t *testing.T) {
 			addr := netip.AddrPortFrom(netip.MustParseAddr("10.88.0.1"), uint16(8686+i))
 			fd := listen(t, server, addr, 4)
 			key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
+			tap.watch(t, server.Inode)
 			p := newRawPeer(t, server, peer, addr)
 			before, _ := server.Netstat()
 			regular, cookies := seq(41000, 5), seq(42000, 7)
@@ -234,6 +236,16 @@ func TestOverflowAfterTheSYN(t *testing.T) {
 			}
 			if has(events.StageDrops) && (l.Drops[events.DropAcceptQueueACK] != 5 || l.Drops[events.DropAcceptQueueCookieACK] != 2) {
 				t.Errorf("by reason: ack %d (want 5), cookie-ack %d (want 2)", l.Drops[events.DropAcceptQueueACK], l.Drops[events.DropAcceptQueueCookieACK])
+			}
+			// The ACK-time drop records name each client that overflowed
+			// (from the packet, or the request sock before 6.11).
+			var ports []uint16
+			for _, r := range checkDropRecords(t, l, p.src) {
+				ports = append(ports, r.Client.Port())
+			}
+			slices.Sort(ports)
+			if want := append(regular, cookies[5:]...); fmt.Sprint(ports) != fmt.Sprint(want) {
+				t.Errorf("drop records name client ports %v, want %v", ports, want)
 			}
 			if has(events.StageHandshake) && l.Handshakes != 5 {
 				t.Errorf("handshakes %d, want the 5 cookie children", l.Handshakes)

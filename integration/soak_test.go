@@ -48,7 +48,7 @@ func startSoakAgent(t *testing.T) *soakAgent {
 	a.reg.MustRegister(a.col)
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	go func() { a.done <- tr.Run(ctx, a.col.Observe) }()
+	go func() { a.done <- tr.Run(ctx, a.col.Observe, nil) }()
 	return a
 }
 

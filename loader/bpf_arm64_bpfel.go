@@ -69,7 +69,10 @@ type bpfLwEvent struct {
 	Pid      uint32
 	Ackq     uint32
 	Rport    uint16
-	_        [2]byte
+	Kind     uint8
+	Reason   uint8
+	Count    uint32
+	_        [4]byte
 }
 
 type bpfLwFlag uint32
@@ -83,11 +86,19 @@ const (
 	bpfLwFlagLW_F_NO_LISTENER bpfLwFlag = 32
 )
 
+type bpfLwKind uint32
+
+const (
+	bpfLwKindLW_K_ACCEPT bpfLwKind = 0
+	bpfLwKindLW_K_DROP   bpfLwKind = 1
+)
+
 type bpfLwLimits uint32
 
 const (
-	bpfLwLimitsLW_GROUP_MAX  bpfLwLimits = 8
-	bpfLwLimitsLW_OWNERS_MAX bpfLwLimits = 4
+	bpfLwLimitsLW_GROUP_MAX           bpfLwLimits = 8
+	bpfLwLimitsLW_OWNERS_MAX          bpfLwLimits = 4
+	bpfLwLimitsLW_DROP_EVENTS_PER_SEC bpfLwLimits = 100
 )
 
 type bpfLwListenerKey struct {
@@ -99,25 +110,29 @@ type bpfLwListenerKey struct {
 }
 
 type bpfLwListenerStats struct {
-	_             structs.HostLayout
-	Syns          uint64
-	Handshakes    uint64
-	Accepted      uint64
-	Sockets       int64
-	Drops         [5]uint64
-	CookiesSent   uint64
-	SynackRetrans uint64
-	AcceptErrors  [2]uint64
-	Socks         [8]uint64
-	ClosedAt      uint64
-	LastQlen      uint32
-	Pid           uint32
-	Backlog       uint32
-	ReqBacklog    uint32
-	LastAckq      uint32
-	Comm          [16]int8
-	Owners        [4]uint32
-	OwnerNext     uint32
+	_               structs.HostLayout
+	Syns            uint64
+	Handshakes      uint64
+	Accepted        uint64
+	Sockets         int64
+	Drops           [5]uint64
+	CookiesSent     uint64
+	SynackRetrans   uint64
+	AcceptErrors    [2]uint64
+	Socks           [8]uint64
+	ClosedAt        uint64
+	LastQlen        uint32
+	Pid             uint32
+	Backlog         uint32
+	ReqBacklog      uint32
+	LastAckq        uint32
+	Comm            [16]int8
+	Owners          [4]uint32
+	OwnerNext       uint32
+	DropWindowSent  uint32
+	_               [4]byte
+	DropWindow      uint64
+	DropsUnreported [5]uint64
 }
 
 type bpfLwSeed struct {
@@ -174,6 +189,7 @@ const (
 	bpfVarUnusedCounter       = "unused_counter"
 	bpfVarUnusedDrop          = "unused_drop"
 	bpfVarUnusedFlag          = "unused_flag"
+	bpfVarUnusedKind          = "unused_kind"
 	bpfVarUnusedLimits        = "unused_limits"
 	bpfVarUnusedSeed          = "unused_seed"
 )
@@ -267,6 +283,7 @@ type bpfVariableSpecs struct {
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedFlag     *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedKind     *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedLimits   *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedSeed     *ebpf.VariableSpec `ebpf:"unused_seed"`
 }
@@ -324,6 +341,7 @@ type bpfVariables struct {
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedFlag     *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedKind     *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedLimits   *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedSeed     *ebpf.Variable `ebpf:"unused_seed"`
 }

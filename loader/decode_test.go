@@ -58,6 +58,55 @@ func TestDecodeIPv6DualStack(t *testing.T) {
 	}
 }
 
+func TestDecodeDrop(t *testing.T) {
+	mapped := netip.MustParseAddr("::ffff:10.0.0.9").As16()
+	for _, tc := range []struct {
+		name string
+		e    bpfLwEvent
+		want events.Drop
+	}{
+		{"ipv4 with client", bpfLwEvent{
+			T_acc: 9000, Kind: uint8(bpfLwKindLW_K_DROP), Reason: uint8(bpfLwDropLW_DROP_SYNQ_FULL), Count: 3, Ackq: 2,
+			Listener: bpfLwListenerKey{Netns: 5, Port: 80, Family: unix.AF_INET, Addr: [16]byte{127, 0, 0, 1}},
+			Raddr:    [16]byte{10, 0, 0, 9}, Rport: 1234,
+		}, events.Drop{
+			Listener: events.ListenerKey{Netns: 5, Addr: netip.MustParseAddr("127.0.0.1"), Port: 80},
+			Client:   netip.MustParseAddrPort("10.0.0.9:1234"), Reason: events.DropSYNQueueFull, Count: 3, At: 9000, AcceptQueueLen: 2,
+		}},
+		{"dual-stack, client unknown, reason out of range", bpfLwEvent{
+			T_acc: 1, Kind: uint8(bpfLwKindLW_K_DROP), Reason: 200, Count: 0,
+			Listener: bpfLwListenerKey{Netns: 5, Port: 443, Family: unix.AF_INET6}, Raddr: mapped,
+		}, events.Drop{
+			Listener: events.ListenerKey{Netns: 5, Addr: netip.IPv6Unspecified(), Port: 443},
+			Reason:   events.DropOther, Count: 1, At: 1,
+		}},
+		{"dual-stack, ipv4 client", bpfLwEvent{
+			T_acc: 1, Kind: uint8(bpfLwKindLW_K_DROP), Reason: uint8(bpfLwDropLW_DROP_ACCEPTQ_ACK), Count: 1,
+			Listener: bpfLwListenerKey{Netns: 5, Port: 443, Family: unix.AF_INET6}, Raddr: mapped, Rport: 7,
+		}, events.Drop{
+			Listener: events.ListenerKey{Netns: 5, Addr: netip.IPv6Unspecified(), Port: 443},
+			Client:   netip.MustParseAddrPort("10.0.0.9:7"), Reason: events.DropAcceptQueueACK, Count: 1, At: 1,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := record(tc.e)
+			if k, err := RecordKind(raw); err != nil || k != events.KindDrop {
+				t.Fatalf("kind %v, %v", k, err)
+			}
+			var d events.Drop
+			if err := DecodeDrop(raw, &d); err != nil {
+				t.Fatal(err)
+			}
+			if d != tc.want {
+				t.Fatalf("got %+v\nwant %+v", d, tc.want)
+			}
+		})
+	}
+	if _, err := RecordKind(record(bpfLwEvent{Kind: 9})); !errors.Is(err, ErrRecordKind) {
+		t.Fatalf("kind 9: %v", err)
+	}
+}
+
 func TestDecodeErrors(t *testing.T) {
 	var c events.Conn
 	if err := Decode(make([]byte, EventSize-1), &c); !errors.Is(err, ErrShortRecord) {

@@ -18,7 +18,15 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(make([]byte, EventSize+7))
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		var c events.Conn
+		var (
+			c events.Conn
+			d events.Drop
+		)
+		if k, err := RecordKind(raw); err == nil && k == events.KindDrop {
+			if err := DecodeDrop(raw, &d); err != nil || d.Count == 0 || d.Reason >= events.DropReasons {
+				t.Fatalf("drop record: %+v, %v", d, err)
+			}
+		}
 		err := Decode(raw, &c)
 		switch {
 		case len(raw) >= EventSize && err != nil:

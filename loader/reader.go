@@ -24,14 +24,61 @@ var (
 	_ = [1]struct{}{}[uint32(events.FlagCookie)-uint32(bpfLwFlagLW_F_COOKIE)]
 	_ = [1]struct{}{}[uint32(events.FlagHandshake)-uint32(bpfLwFlagLW_F_HANDSHAKE)]
 	_ = [1]struct{}{}[uint32(events.FlagNoListener)-uint32(bpfLwFlagLW_F_NO_LISTENER)]
+	_ = [1]struct{}{}[uint32(events.KindAccept)-uint32(bpfLwKindLW_K_ACCEPT)]
+	_ = [1]struct{}{}[uint32(events.KindDrop)-uint32(bpfLwKindLW_K_DROP)]
 )
 
 // EventSize is the size of one ring-buffer record.
 const EventSize = int(unsafe.Sizeof(bpfLwEvent{}))
 
-// ErrShortRecord is how a record fails to decode: every record is one
-// struct lw_event, so only its length can be wrong.
-var ErrShortRecord = errors.New("short record")
+// ErrShortRecord and ErrRecordKind are how a record fails to decode:
+// every record is one struct lw_event, so only its length or its kind can
+// be wrong.
+var (
+	ErrShortRecord = errors.New("short record")
+	ErrRecordKind  = errors.New("unknown record kind")
+)
+
+// RecordKind says what a record holds: Decode reads an accept record,
+// DecodeDrop a drop record.
+func RecordKind(raw []byte) (events.Kind, error) {
+	if len(raw) < EventSize {
+		return 0, fmt.Errorf("%w: %d bytes, want %d", ErrShortRecord, len(raw), EventSize)
+	}
+	k := events.Kind((*bpfLwEvent)(unsafe.Pointer(&raw[0])).Kind)
+	if k != events.KindAccept && k != events.KindDrop {
+		return k, fmt.Errorf("%w %d", ErrRecordKind, k)
+	}
+	return k, nil
+}
+
+// DecodeDrop fills d from a drop record (RecordKind said KindDrop).
+func DecodeDrop(raw []byte, d *events.Drop) error {
+	if len(raw) < EventSize {
+		return fmt.Errorf("%w: %d bytes, want %d", ErrShortRecord, len(raw), EventSize)
+	}
+	e := (*bpfLwEvent)(unsafe.Pointer(&raw[0]))
+	d.Listener = listenerKey(&e.Listener)
+	d.Client = netip.AddrPort{}
+	if e.Rport != 0 {
+		d.Client = netip.AddrPortFrom(clientAddr(e), e.Rport)
+	}
+	d.Reason = events.DropReason(e.Reason)
+	if d.Reason < 0 || d.Reason >= events.DropReasons {
+		d.Reason = events.DropOther
+	}
+	d.Count = max(e.Count, 1)
+	d.At = time.Duration(e.T_acc)
+	d.AcceptQueueLen = e.Ackq
+	return nil
+}
+
+func clientAddr(e *bpfLwEvent) netip.Addr {
+	if e.Listener.Family == unix.AF_INET {
+		return netip.AddrFrom4([4]byte(e.Raddr[:4]))
+	}
+	return netip.AddrFrom16(e.Raddr).Unmap()
+}
 
 // Decode fills c from one ring-buffer record. It checks the length and
 // casts to the generated type: no reflection, no allocation.
@@ -41,13 +88,7 @@ func Decode(raw []byte, c *events.Conn) error {
 	}
 	e := (*bpfLwEvent)(unsafe.Pointer(&raw[0]))
 	c.Listener = listenerKey(&e.Listener)
-	var client netip.Addr
-	if e.Listener.Family == unix.AF_INET {
-		client = netip.AddrFrom4([4]byte(e.Raddr[:4]))
-	} else {
-		client = netip.AddrFrom16(e.Raddr).Unmap()
-	}
-	c.Client = netip.AddrPortFrom(client, e.Rport)
+	c.Client = netip.AddrPortFrom(clientAddr(e), e.Rport)
 	c.PID = e.Pid
 	c.Flags = events.Flags(e.Flags)
 	c.SYNACKSent = time.Duration(e.T_synack)
@@ -68,9 +109,10 @@ func listenerKey(k *bpfLwListenerKey) events.ListenerKey {
 }
 
 // Run reads the ring buffer until ctx ends or the tracer closes, handing
-// each connection to sink. The Conn passed to sink is reused: sink must
-// copy what it keeps. Run is the only reader.
-func (t *Tracer) Run(ctx context.Context, sink func(*events.Conn)) error {
+// each accepted connection to sink and each drop record to drops (nil:
+// skipped). The values passed are reused: the callee copies what it keeps.
+// Run is the only reader.
+func (t *Tracer) Run(ctx context.Context, sink func(*events.Conn), drops func(*events.Drop)) error {
 	stop := context.AfterFunc(ctx, func() { t.reader.Close() })
 	defer stop()
 	// The sweeper ends before Run returns: nothing touches the maps after.
@@ -85,6 +127,7 @@ func (t *Tracer) Run(ctx context.Context, sink func(*events.Conn)) error {
 	var (
 		rec ringbuf.Record
 		c   events.Conn
+		d   events.Drop
 	)
 	t.reader.SetDeadline(time.Now().Add(t.cfg.PollInterval))
 	for {
@@ -100,13 +143,19 @@ func (t *Tracer) Run(ctx context.Context, sink func(*events.Conn)) error {
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
 		t.records.Add(1)
-		if err := Decode(rec.RawSample, &c); err != nil {
-			if t.decodeErrors.Add(1) == 1 {
-				// Once: a decode error means a build mismatch, not traffic.
-				t.log.Error().Err(err).Msg("undecodable ring buffer record")
+		kind, err := RecordKind(rec.RawSample)
+		if err == nil {
+			if kind == events.KindDrop {
+				if err = DecodeDrop(rec.RawSample, &d); err == nil && drops != nil {
+					drops(&d)
+				}
+			} else if err = Decode(rec.RawSample, &c); err == nil {
+				sink(&c)
 			}
-			continue
 		}
-		sink(&c)
+		if err != nil && t.decodeErrors.Add(1) == 1 {
+			// Once: a decode error means a build mismatch, not traffic.
+			t.log.Error().Err(err).Msg("undecodable ring buffer record")
+		}
 	}
 }

@@ -19,6 +19,7 @@ var (
 	_ = [1]struct{}{}[events.DropOther-events.DropReason(bpfLwDropLW_DROP_OTHER)]
 	_ = [1]struct{}{}[events.DropReasons-int(bpfLwDropLW_DROP_MAX)]
 	_ = [1]struct{}{}[events.OwnersMax-int(bpfLwLimitsLW_OWNERS_MAX)]
+	_ = [1]struct{}{}[events.DropRecordsPerSecond-int(bpfLwLimitsLW_DROP_EVENTS_PER_SEC)]
 )
 
 // Listeners reads the listener registry. Readings are serialized: each
@@ -31,7 +32,7 @@ func (t *Tracer) Listeners() ([]events.Listener, error) {
 		out = append(out, events.Listener{
 			Key: listenerKey(k), SYNs: v.Syns, Handshakes: v.Handshakes, Accepted: v.Accepted,
 			Sockets: v.Sockets, Backlog: v.Backlog, RequestedBacklog: v.ReqBacklog, PID: v.Pid, Comm: cString(v.Comm[:]),
-			Drops: v.Drops, CookiesSent: v.CookiesSent, SynackRetrans: v.SynackRetrans, Owners: v.Owners,
+			Drops: v.Drops, DropsUnreported: v.DropsUnreported, CookiesSent: v.CookiesSent, SynackRetrans: v.SynackRetrans, Owners: v.Owners,
 			AcceptQueueLen: v.LastAckq, SYNQueueLen: v.LastQlen,
 			AcceptEMFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_EMFILE], AcceptENFILE: v.AcceptErrors[bpfLwAcceptErrLW_AERR_ENFILE],
 		})

@@ -150,4 +150,105 @@ static __always_inline void submit(struct lw_event *e)
 	bpf_ringbuf_submit(e, flags);
 }
 
+/* The client of a refused connection, when the hook can see it. */
+struct lw_peer {
+	__u8 addr[16];
+	__u16 port;   /* host order; 0: unknown */
+	__u16 family; /* of addr: AF_INET uses 4 bytes */
+};
+
+/* The client of a packet, from its IPv4 (without options) or IPv6 header
+ * and the TCP ports; left unknown for anything else. */
+static __always_inline void peer_from_skb(const struct sk_buff *skb, struct lw_peer *p)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u8 h[40 + 2];
+	__u32 off = (__u16)(th - nh);
+	if (off != 20 && off != 40)
+		return;
+	if (bpf_probe_read_kernel(h, sizeof(h), head + nh))
+		return;
+	if ((h[0] >> 4) == 4 && off == 20) {
+		__builtin_memcpy(p->addr, &h[12], 4);
+		p->port = ((__u16)h[20] << 8) | h[21];
+		p->family = AF_INET;
+	} else if ((h[0] >> 4) == 6 && off == 40) {
+		__builtin_memcpy(p->addr, &h[8], 16);
+		p->family = AF_INET6;
+		/* the ports follow the 40-byte header: read apart */
+		__u8 sp[2];
+		if (!bpf_probe_read_kernel(sp, sizeof(sp), head + th))
+			p->port = ((__u16)sp[0] << 8) | sp[1];
+	}
+}
+
+/* A drop of n connection attempts on a listener, in two halves: the
+ * counter (exact, every drop) and the record, sent only within
+ * LW_DROP_EVENTS_PER_SEC per second per listener, so a flood costs a
+ * counter add per packet and no more. What is not sent is counted by
+ * reason: records + unreported == drops. */
+static __always_inline void drop_count(struct lw_listener_stats *st, __u32 why, __u32 n)
+{
+	__sync_fetch_and_add(&st->drops[why < LW_DROP_MAX ? why : LW_DROP_OTHER], n);
+}
+
+static __always_inline void drop_record(struct lw_listener_stats *st, const struct lw_listener_key *k,
+					__u32 why, __u32 n, const struct lw_peer *p, __u32 ackq)
+{
+	if (why >= LW_DROP_MAX)
+		why = LW_DROP_OTHER;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 sec = now / 1000000000;
+	if (st->drop_window != sec) {
+		/* Two CPUs at a second's edge may both reset: a few more
+		 * records that second, never a wrong count. */
+		st->drop_window = sec;
+		st->drop_window_sent = 0;
+	}
+	if (__sync_fetch_and_add(&st->drop_window_sent, 1) >= LW_DROP_EVENTS_PER_SEC) {
+		__sync_fetch_and_add(&st->drops_unreported[why], n);
+		return;
+	}
+	struct lw_event *e = bpf_ringbuf_reserve(&lw_events, sizeof(*e), 0);
+	if (!e) {
+		count(LW_C_RINGBUF_LOST);
+		__sync_fetch_and_add(&st->drops_unreported[why], n);
+		return;
+	}
+	e->t_synack = 0;
+	e->t_est = 0;
+	e->t_acc = now;
+	e->listener = *k;
+	__builtin_memset(e->raddr, 0, sizeof(e->raddr));
+	e->rport = 0;
+	if (p && p->port) {
+		/* The record's address has the listener's family: an IPv4
+		 * client of a dual-stack listener is written v4-mapped. */
+		if (p->family == AF_INET && k->family == AF_INET6) {
+			e->raddr[10] = 0xff;
+			e->raddr[11] = 0xff;
+			__builtin_memcpy(&e->raddr[12], p->addr, 4);
+		} else {
+			__builtin_memcpy(e->raddr, p->addr, 16);
+		}
+		e->rport = p->port;
+	}
+	e->flags = 0;
+	e->pid = 0;
+	e->ackq = ackq;
+	e->kind = LW_K_DROP;
+	e->reason = why;
+	e->count = n;
+	submit(e);
+}
+
+static __always_inline void drop(struct lw_listener_stats *st, const struct lw_listener_key *k,
+				 __u32 why, __u32 n, const struct lw_peer *p, __u32 ackq)
+{
+	drop_count(st, why, n);
+	drop_record(st, k, why, n, p, ackq);
+}
+
 #endif

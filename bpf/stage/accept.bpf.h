@@ -55,6 +55,9 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	e->flags = flags;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->ackq = ackq;
+	e->kind = LW_K_ACCEPT;
+	e->reason = 0;
+	e->count = 1;
 	submit(e);
 }
 

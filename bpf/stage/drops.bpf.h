@@ -38,15 +38,16 @@ int BPF_PROG(lw_tp_kfree, struct sk_buff *skb, void *location, enum skb_drop_rea
 	bool named = bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW);
 	if (named)
 		overflow = bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW);
-	if (reason == overflow && (named || full)) {
-		__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_ACK], 1);
-	} else if (full && reason == nosock) {
-		__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_COOKIE_ACK], 1);
-	} else {
-		/* One drop, counted twice in sk_drops (tcp_listendrop and the
-		 * discard path): it is still one ListenDrop. */
-		__sync_fetch_and_add(&st->drops[LW_DROP_OTHER], 1);
-	}
+	__u32 why = LW_DROP_OTHER;
+	if (reason == overflow && (named || full))
+		why = LW_DROP_ACCEPTQ_ACK;
+	else if (full && reason == nosock)
+		why = LW_DROP_ACCEPTQ_COOKIE_ACK;
+	/* else: one drop, counted twice in sk_drops (tcp_listendrop and the
+	 * discard path); it is still one ListenDrop. */
+	struct lw_peer p = {};
+	peer_from_skb(skb, &p);
+	drop(st, &k, why, 1, &p, rx_sk->sk_ack_backlog);
 	return 0;
 }
 

@@ -112,7 +112,7 @@ int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int n
 /* Kernels without the kfree_skb rx_sk argument (before 6.11): a NULL child
  * with a full accept queue is the final-ACK (or cookie-ACK) overflow. The
  * caller then adds the packet to sk_drops once more, after this returns. */
-static __always_inline void ack_overflow(const struct sock *listener)
+static __always_inline void ack_overflow(const struct sock *listener, const struct request_sock *req)
 {
 	__u32 ackq = BPF_CORE_READ(listener, sk_ack_backlog);
 	__u32 max = BPF_CORE_READ(listener, sk_max_ack_backlog);
@@ -123,7 +123,21 @@ static __always_inline void ack_overflow(const struct sock *listener)
 	struct lw_listener_stats *st = find_listener(&k);
 	if (!st)
 		return;
-	__sync_fetch_and_add(&st->drops[LW_DROP_ACCEPTQ_ACK], 1);
+	/* The request sock holds the client. An IPv4 client of a dual-stack
+	 * listener has only the IPv4 address set (the family is the
+	 * listener's): an empty IPv6 address means IPv4. */
+	struct lw_peer p = { .family = AF_INET6 };
+	if (BPF_CORE_READ(req, __req_common.skc_family) == AF_INET6)
+		BPF_CORE_READ_INTO(&p.addr, req, __req_common.skc_v6_daddr.in6_u.u6_addr8);
+	__u64 w[2];
+	__builtin_memcpy(w, p.addr, 16);
+	if (!w[0] && !w[1]) {
+		__u32 a = BPF_CORE_READ(req, __req_common.skc_daddr);
+		__builtin_memcpy(p.addr, &a, 4);
+		p.family = AF_INET;
+	}
+	p.port = bpf_ntohs(BPF_CORE_READ(req, __req_common.skc_dport));
+	drop(st, &k, LW_DROP_ACCEPTQ_ACK, 1, &p, ackq);
 	/* The caller adds this packet to sk_drops after we return: count it
 	 * as seen, so the next SYN does not take it for its own. */
 	__u64 key = (__u64)listener;
@@ -141,7 +155,7 @@ static __always_inline void syn_recv_done(const struct sock *listener,
 {
 	if (!child) {
 		if (!cfg_kfree_drops)
-			ack_overflow(listener);
+			ack_overflow(listener, req);
 		return;
 	}
 	bool own = 0;

@@ -10,6 +10,8 @@
  * drop. Each socket of an SO_REUSEPORT group is followed on its own: its
  * own drop count against its own queues. */
 struct syn_seen {
+	__u32 n[LW_DROP_MAX]; /* drops, by reason: counted, not yet recorded */
+	__u32 ackq;     /* accept-queue length at the drop */
 	bool dropped;   /* the socket's drop count moved */
 	bool grew;      /* its SYN queue grew: the SYN was queued there */
 	bool full_same; /* its SYN queue is full and did not grow */
@@ -39,7 +41,10 @@ static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *s
 			why = LW_DROP_SYNQ_FULL;
 		/* d > 1: another CPU refused a SYN of this socket between our
 		 * reads; at the same instant, for the same reason. */
-		__sync_fetch_and_add(&st->drops[why], d < 1024 ? d : 1);
+		d = d < 1024 ? d : 1;
+		drop_count(st, why, d);
+		r.n[why] = d;
+		r.ackq = ackq;
 		r.dropped = true;
 	}
 	if (d || r.grew) {
@@ -47,6 +52,18 @@ static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *s
 		st->last_ackq = ackq;
 	}
 	return r;
+}
+
+/* The drop records of what syn_on_socket counted: after the loop over the
+ * group, so that the record code is not repeated per socket. */
+static __always_inline void syn_records(struct lw_listener_stats *st, const struct lw_listener_key *k,
+					const struct syn_seen *r, const struct lw_peer *p)
+{
+	if (!r->dropped)
+		return;
+	for (int i = 0; i < LW_DROP_MAX; i++)
+		if (r->n[i])
+			drop_record(st, k, i, r->n[i], p, r->ackq);
 }
 
 /* A SYN that left a full SYN queue without growing it, and was not
@@ -60,7 +77,7 @@ static __always_inline void syn_cookie(struct lw_listener_stats *st, struct syn_
 
 /* fentry/kprobe mode: the listener is an argument; the outcome is read when
  * tcp_conn_request returns. */
-static __always_inline void syn_at_listener(const struct sock *sk)
+static __always_inline void syn_at_listener(const struct sock *sk, const struct lw_peer *p)
 {
 	struct lw_listener_key k;
 	key_from_sk(&k, sk);
@@ -71,14 +88,18 @@ static __always_inline void syn_at_listener(const struct sock *sk)
 	}
 	__sync_fetch_and_add(&st->syns, 1);
 	group_add(st, (__u64)sk);
-	syn_cookie(st, syn_on_socket(st, sk));
+	struct syn_seen r = syn_on_socket(st, sk);
+	syn_records(st, &k, &r, p);
+	syn_cookie(st, r);
 }
 
 SEC("fexit/tcp_conn_request")
 int BPF_PROG(lw_fexit_conn_request, struct request_sock_ops *rsk_ops, void *af_ops,
 	     struct sock *sk, struct sk_buff *skb)
 {
-	syn_at_listener(sk);
+	struct lw_peer p = {};
+	peer_from_skb(skb, &p);
+	syn_at_listener(sk, &p);
 	return 0;
 }
 
@@ -96,7 +117,7 @@ int BPF_KRETPROBE(lw_krp_conn_request)
 {
 	struct kp_args a;
 	if (kp_take(KP_CONN_REQUEST, &a) == 0)
-		syn_at_listener((const struct sock *)a.sk);
+		syn_at_listener((const struct sock *)a.sk, NULL); /* the skb is not kept */
 	return 0;
 }
 
@@ -126,15 +147,20 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 		return 0;
 
 	struct lw_listener_key k = {};
+	struct lw_peer p = {};
 	if ((h[0] >> 4) == 4 && off == 20) {
 		k.family = AF_INET;
 		__builtin_memcpy(k.addr, &h[16], 4); /* daddr */
+		__builtin_memcpy(p.addr, &h[12], 4); /* saddr */
 	} else if ((h[0] >> 4) == 6 && off == 40) {
 		k.family = AF_INET6;
-		__builtin_memcpy(k.addr, &h[24], 16); /* daddr */
+		__builtin_memcpy(k.addr, &h[24], 16);
+		__builtin_memcpy(p.addr, &h[8], 16);
 	} else {
 		return 0;
 	}
+	p.family = k.family;
+	p.port = ((__u16)tcp[0] << 8) | tcp[1];
 	k.port = ((__u16)tcp[2] << 8) | tcp[3];
 	struct dst_entry *dst = (void *)(skb->_skb_refdst & ~1UL);
 	k.netns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
@@ -152,10 +178,15 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 		if (!sk)
 			continue;
 		struct syn_seen r = syn_on_socket(st, sk);
+		for (int j = 0; j < LW_DROP_MAX; j++)
+			all.n[j] += r.n[j];
+		if (r.dropped)
+			all.ackq = r.ackq;
 		all.dropped |= r.dropped;
 		all.grew |= r.grew;
 		all.full_same |= r.full_same;
 	}
+	syn_records(st, &k, &all, &p);
 	syn_cookie(st, all);
 	return 0;
 }

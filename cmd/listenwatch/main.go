@@ -17,6 +17,7 @@ import (
 	"github.com/listenwatch/listenwatch/exporter"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/listenwatch/listenwatch/pods"
+	"github.com/listenwatch/listenwatch/stream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -32,6 +33,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "top" {
 		os.Exit(topMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "trace" {
+		os.Exit(traceMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	cfg, err := parseArgs(os.Args[1:], os.Stdout)
 	if errors.Is(err, errVersion) {
@@ -106,10 +110,12 @@ func run(cfg Config) error {
 	reg.MustRegister(collector, doctor, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	hub := &stream.Hub{} // /api/v1/events readers
 	readErr := make(chan error, 1)
 	go func() {
 		readErr <- tracer.Run(ctx, func(c *events.Conn) {
 			collector.Observe(c)
+			hub.Conn(c)
 			// Checked first: building the fields would allocate per event.
 			if e := sampled.Debug(); e != nil {
 				tl := c.Timeline()
@@ -117,7 +123,7 @@ func run(cfg Config) error {
 					Dur("handshake", tl.Handshake).Dur("queue_wait", tl.QueueWait).
 					Stringer("missing", tl.Missing).Msg("connection accepted")
 			}
-		})
+		}, hub.Drop)
 	}()
 
 	go doctor.Run(ctx)
@@ -125,6 +131,7 @@ func run(cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle("/diagnosis", doctor)
 	mux.Handle("/api/v1/listeners", listenersAPI(tracer, collector, owners(cfg.Loader.Proc, names), log.With().Str("component", "api").Logger()))
+	mux.Handle("/api/v1/events", eventsAPI(hub, tracer, owners(cfg.Loader.Proc, names), log.With().Str("component", "api").Logger()))
 	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
 		// Scrapes beyond this wait for none: a 503, not a pile of
@@ -135,7 +142,7 @@ func run(cfg Config) error {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "listenwatch: metrics at %s, diagnosis at /diagnosis, listeners (JSON API v1) at /api/v1/listeners\n", cfg.MetricsPath)
+		fmt.Fprintf(w, "listenwatch: metrics at %s, diagnosis at /diagnosis, JSON API v1 at /api/v1/listeners and /api/v1/events\n", cfg.MetricsPath)
 	})
 	srv := newHTTPServer(mux, defaultTimeouts)
 	serveErr := make(chan error, 1)

@@ -16,6 +16,7 @@ import (
 	"github.com/listenwatch/listenwatch/internal/procfs"
 	"github.com/listenwatch/listenwatch/loader"
 	"github.com/listenwatch/listenwatch/pods"
+	"github.com/listenwatch/listenwatch/stream"
 	"github.com/listenwatch/listenwatch/views"
 	"github.com/rs/zerolog"
 )
@@ -193,6 +194,7 @@ func unwrapURL(err error) error {
 type inProcess struct {
 	tracer *loader.Tracer
 	col    *exporter.Collector
+	hub    *stream.Hub
 	own    views.Owners
 	cancel context.CancelFunc
 	done   chan error
@@ -220,8 +222,10 @@ func openInProcess(cri string) (*inProcess, error) {
 		}
 	}
 	p := &inProcess{tracer: tracer, col: exporter.New(tracer, proc, zerolog.Nop()).WithPods(names),
-		own: owners(proc, names), cancel: cancel, done: make(chan error, 1)}
-	go func() { p.done <- tracer.Run(ctx, func(c *events.Conn) { p.col.Observe(c) }) }()
+		hub: &stream.Hub{}, own: owners(proc, names), cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		p.done <- tracer.Run(ctx, func(c *events.Conn) { p.col.Observe(c); p.hub.Conn(c) }, p.hub.Drop)
+	}()
 	return p, nil
 }
 
