@@ -129,9 +129,11 @@ func traceMain(args []string, stdout, stderr io.Writer) int {
 		snap, err := (&agentSource{url: url}).snapshot()
 		switch {
 		case err == nil:
-			fmt.Fprintf(stderr, "listenwatch trace: reading agent %s (%s); Ctrl-C to stop\n", url, stagesLine(snap.Stages, snap.LostEvents))
+			begun := func() {
+				fmt.Fprintf(stderr, "listenwatch trace: reading agent %s (%s); Ctrl-C to stop\n", url, stagesLine(snap.Stages, snap.LostEvents))
+			}
 			// The agent ends the stream after duration itself.
-			if err := traceAgent(ctx, url, f, duration, emit); err != nil {
+			if err := traceAgent(ctx, url, f, duration, begun, emit); err != nil {
 				fmt.Fprintf(stderr, "listenwatch trace: %v\n", err)
 				return 1
 			}
@@ -182,7 +184,7 @@ func stagesLine(stages []views.Stage, lost uint64) string {
 // traceAgent reads the agent's event stream until ctx ends or, with a
 // duration, until the agent ends it after its last summary (so that the
 // suppressed counts of the last second are not lost).
-func traceAgent(ctx context.Context, url string, f stream.Filter, duration time.Duration, emit func(*stream.Event) error) error {
+func traceAgent(ctx context.Context, url string, f stream.Filter, duration time.Duration, begun func(), emit func(*stream.Event) error) error {
 	q := f.Query()
 	if duration > 0 {
 		q.Set("duration", duration.String())
@@ -204,6 +206,7 @@ func traceAgent(ctx context.Context, url string, f stream.Filter, duration time.
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		return fmt.Errorf("%s/api/v1/events: %s: %s", url, resp.Status, strings.TrimSpace(string(msg)))
 	}
+	begun() // the agent's session is open: what happens from here is in the stream
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
