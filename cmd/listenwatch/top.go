@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -21,19 +22,25 @@ import (
 	"github.com/rs/zerolog"
 )
 
-const topHelp = `usage: listenwatch top --once [flags]
+const topHelp = `usage: listenwatch top [--once] [flags]
 
-One row per listener of the host (every network namespace), worst first:
+A live table (refreshed every --interval), one row per listener of the host (every network namespace), worst first:
 accepted/s, SYN->accept p50 and p99 over the window, accept queue now /
 backlog (and what listen() asked when net.core.somaxconn cut it), drops/s
 by reason, SYN cookies/s, SYN-ACK retransmits/s, accept() EMFILE/ENFILE/s.
 
+Keys: left/right (or < >) sort by another column, / filter by text
+(listener, netns, owner; Enter keeps it, Esc clears), p or space pause,
+q or Ctrl-C quit. The header says where the data comes from, the mode of
+each stage and whether events were lost. --once prints one snapshot over
+--interval as a plain table (or -o json) and exits, for scripts.
+
 Data: the local agent's /api/v1/listeners when it answers (no second set
 of BPF programs on a node running the DaemonSet), --agent URL to choose
-one, else the tracer in-process (root needed). The interactive view is not
-built yet: --once prints one snapshot over --interval and exits.
+one, else the tracer in-process (root needed).
 
 examples:
+  listenwatch top
   listenwatch top --once
   listenwatch top --once -o json | jq '.rows[] | select(.drops_total > 0)'
   listenwatch top --once --agent http://10.0.0.7:9810 --interval 10s
@@ -86,8 +93,11 @@ func topMain(args []string, stdout, stderr io.Writer) int {
 	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "listenwatch top: unexpected argument %q (see listenwatch top -h)\n", fs.Arg(0))
 		return 2
-	case !once:
-		fmt.Fprintln(stderr, "listenwatch top: the interactive view is not built yet; use --once (see listenwatch top -h)")
+	case !once && output != "text":
+		fmt.Fprintln(stderr, "listenwatch top: -o json needs --once (see listenwatch top -h)")
+		return 2
+	case !once && (!isTerminal(os.Stdin) || !isTerminal(os.Stdout)):
+		fmt.Fprintln(stderr, "listenwatch top: the live view needs a terminal; use --once for pipes and scripts (see listenwatch top -h)")
 		return 2
 	case output != "text" && output != "json":
 		fmt.Fprintf(stderr, "listenwatch top: -o %q: want text or json\n", output)
@@ -106,6 +116,13 @@ func topMain(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "listenwatch top: %v\n", err)
 		return 1
+	}
+	if !once {
+		if err := runTopUI(src, first, interval, stdout); err != nil {
+			fmt.Fprintf(stderr, "listenwatch top: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	// On stderr, so that a pipe gets only the table: scripts (and tests)
 	// know the window has begun.
