@@ -34,6 +34,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "top" {
 		os.Exit(topMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == demoServerArg {
+		os.Exit(demoServerMain())
+	}
+	if len(os.Args) > 1 && os.Args[1] == "demo" {
+		os.Exit(demoMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "trace" {
 		os.Exit(traceMain(os.Args[2:], os.Stdout, os.Stderr))
 	}

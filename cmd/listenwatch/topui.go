@@ -47,6 +47,7 @@ type topModel struct {
 	paused  bool
 	width   int
 	height  int
+	banner  func() string // a first line, when set (the demo's phase)
 }
 
 type snapMsg struct {
@@ -172,6 +173,9 @@ func (m topModel) View() string {
 	if m.lost > 0 {
 		lost = styleAlarm.Render(fmt.Sprintf("%d EVENTS LOST in the window (ring buffer full): latencies incomplete", m.lost))
 	}
+	if m.banner != nil {
+		line(styleAlarm.Render(m.banner()))
+	}
 	line(styleHeader.Render("listenwatch top") + " | " + m.src.source() + " | " + lost)
 	line("stages " + views.StagesLine(m.prev.Stages))
 	sortName := "worst first (drops, accept errors, p99)"
@@ -219,6 +223,9 @@ func (m topModel) View() string {
 	b.WriteString(styleColumns.Render(m.fit(strings.Join(head, " "))))
 	b.WriteByte('\n')
 	room := max(m.height-6, 1) // 3 header lines, columns, 2 help lines
+	if m.banner != nil {
+		room--
+	}
 	if !m.started {
 		line(fmt.Sprintf("first window of %v begun…", m.interval))
 		room--
