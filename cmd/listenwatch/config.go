@@ -52,8 +52,11 @@ var (
 	errVersion = errors.New("version requested")
 )
 
-const usage = `usage: listenwatch run [flags]
-       listenwatch doctor [flags]   (one-shot check of this host: listenwatch doctor -h)
+const usage = `usage: listenwatch run [flags]         the exporter (this help)
+       listenwatch top [flags]         live table of listeners, worst first (top -h)
+       listenwatch trace [flags]       accepted connections and drops as they happen (trace -h)
+       listenwatch doctor [flags]      one-shot check of this host (doctor -h)
+       listenwatch demo                30 seconds that show what listenwatch is for
        listenwatch version
 
 Traces SYN -> handshake -> accept on every TCP listener of this host (all
@@ -86,7 +89,7 @@ func parseArgs(args []string, out io.Writer) (Config, error) {
 		return Config{}, errVersion
 	}
 	if args[0] != "run" {
-		return Config{}, fmt.Errorf("unknown command %q (want: listenwatch run, doctor or version)", args[0])
+		return Config{}, fmt.Errorf("unknown command %q (want: listenwatch run, top, trace, doctor, demo or version)", args[0])
 	}
 	var (
 		cfg         Config
