@@ -142,6 +142,11 @@ func TestDemo(t *testing.T) {
 			if after, _ := exec.Command("ip", "netns", "list").Output(); string(after) != string(netnsBefore) {
 				t.Errorf("ip netns list changed:\n%s\nnow\n%s", netnsBefore, after)
 			}
+			// The flood's veth pair lived in the namespace: gone with it,
+			// and never on the host.
+			if out, err := exec.Command("ip", "link", "show", "lwsink").CombinedOutput(); err == nil {
+				t.Errorf("a veth of the demo is on the host: %s", out)
+			}
 		})
 	}
 }

@@ -36,6 +36,10 @@ table every few seconds when not on a terminal), and ends with the
 diagnosis sentences listenwatch produced. Ctrl-C or q ends it early; the
 BPF programs are detached and the namespace is gone either way.
 
+examples:
+  sudo listenwatch demo
+  sudo listenwatch demo --plain | tee demo.txt
+
 flags:
 `
 

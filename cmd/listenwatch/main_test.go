@@ -134,6 +134,13 @@ func TestHelpShowsExamples(t *testing.T) {
 	if code := doctorMain([]string{"-h"}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "examples:") || !strings.Contains(out.String(), "listenwatch doctor --netns") {
 		t.Errorf("doctor -h: exit %d\n%s", code, out.String())
 	}
+	for name, main := range map[string]func([]string, io.Writer, io.Writer) int{"top": topMain, "trace": traceMain, "demo": demoMain} {
+		var out strings.Builder
+		if code := main([]string{"-h"}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "examples:\n  listenwatch "+name) &&
+			!strings.Contains(out.String(), "examples:\n  sudo listenwatch "+name) {
+			t.Errorf("%s -h: exit %d\n%s", name, code, out.String())
+		}
+	}
 }
 
 func TestNoBTFIsOneClearLine(t *testing.T) {
