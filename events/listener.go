@@ -20,15 +20,15 @@ type Listener struct {
 	// Queue lengths as of the last SYN the listener received.
 	AcceptQueueLen, SYNQueueLen uint32
 
-	Drops         [DropReasons]uint64 // by DropReason
+	Drops [DropReasons]uint64 // by DropReason
 	// DropsUnreported are the drops, by reason, not sent as Drop records
 	// (over DropRecordsPerSecond, or the ring buffer full): the sum of
 	// the records' counts and these is Drops, exactly.
 	DropsUnreported [DropReasons]uint64
-	CookiesSent   uint64              // SYNs answered with a SYN cookie
-	SynackRetrans uint64              // SYN-ACKs retransmitted
-	AcceptEMFILE  uint64              // accept() failed: process fd limit
-	AcceptENFILE  uint64              // accept() failed: system file limit
+	CookiesSent     uint64 // SYNs answered with a SYN cookie
+	SynackRetrans   uint64 // SYN-ACKs retransmitted
+	AcceptEMFILE    uint64 // accept() failed: process fd limit
+	AcceptENFILE    uint64 // accept() failed: system file limit
 }
 
 // OwnersMax is how many owning processes a listener remembers (the

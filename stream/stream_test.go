@@ -202,7 +202,7 @@ func TestSessionRestartedListenerAndPodFilter(t *testing.T) {
 	defer s.Close()
 	out := collect(t, s, func() {
 		h.Conn(conn(web, time.Millisecond))
-		h.Conn(conn(db, time.Millisecond)) // not the pod
+		h.Conn(conn(db, time.Millisecond))              // not the pod
 		src.ls[0].DropsUnreported[events.DropOther] = 4 // closed and opened again
 		src.ls[1].DropsUnreported[events.DropOther] = 200
 	})
