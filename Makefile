@@ -6,7 +6,7 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest arm64-6.1
 
-.PHONY: e2e image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
+.PHONY: dashboards rules-check e2e image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
 
 all: build
 
@@ -36,9 +36,20 @@ run: build
 # The whole suite, as CI runs it: tool install, generated code check, unit
 # and integration tests against this kernel (root), then the kernel matrix
 # on Debian's 6.1 LTS and newest backports kernels under qemu.
-test: deps generate-check vet fuzz
+test: deps generate-check vet fuzz rules-check
 	$(GO) test -count=1 -p 1 ./...
 	VMTEST_KERNELS="6.1 newest arm64-6.1" ./scripts/vmtest.sh
+
+# The Grafana dashboard and the Prometheus rules (plain and PrometheusRule)
+# under deploy/, from package monitoring; a test fails when they drift.
+dashboards:
+	$(GO) run ./cmd/mkmonitoring
+
+# The rules as Prometheus itself reads them, and their unit tests (each
+# alert firing where it must and nowhere else): Debian's promtool.
+rules-check:
+	promtool check rules deploy/prometheus/listenwatch.rules.yml
+	cd deploy/prometheus && promtool test rules listenwatch.rules.test.yml
 
 # make test three times in a row with stress-ng beside it (RUNS=3): the
 # suite must stay green on a loaded machine.

@@ -6,7 +6,7 @@
 #   e2e: also etcd for make e2e
 set -eu
 
-pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps tmux containerd runc containernetworking-plugins"
+pkgs="clang-16 llvm-16 libbpf-dev bpftool hping3 iproute2 procps tmux prometheus containerd runc containernetworking-plugins"
 for arg in "$@"; do
 	case $arg in
 	vm) pkgs="$pkgs qemu-system-x86 qemu-system-arm busybox-static cpio" ;;
