@@ -6,7 +6,7 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest arm64-6.1
 
-.PHONY: dashboards rules-check e2e image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
+.PHONY: dashboards dashboard-image rules-check e2e image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
 
 all: build
 
@@ -44,6 +44,12 @@ test: deps generate-check vet fuzz rules-check
 # under deploy/, from package monitoring; a test fails when they drift.
 dashboards:
 	$(GO) run ./cmd/mkmonitoring
+
+# docs/dashboard.png: the dashboard's key panels drawn (gonum/plot) from
+# its own queries, evaluated by a real Prometheus during the integration
+# scenarios (TestDashboardAndAlertsInPrometheus).
+dashboard-image:
+	LISTENWATCH_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png $(GO) test -count=1 -run 'TestDashboardAndAlertsInPrometheus' ./integration/
 
 # The rules as Prometheus itself reads them, and their unit tests (each
 # alert firing where it must and nowhere else): Debian's promtool.

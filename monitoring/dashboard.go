@@ -276,3 +276,25 @@ func Panels(dashboardJSON []byte) ([]Panel, error) {
 	}
 	return out, nil
 }
+
+// Legends reads each panel's legend formats, in query order.
+func Legends(dashboardJSON []byte) (map[string][]string, error) {
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				LegendFormat string `json:"legendFormat"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(dashboardJSON, &d); err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for _, p := range d.Panels {
+		for _, t := range p.Targets {
+			out[p.Title] = append(out[p.Title], t.LegendFormat)
+		}
+	}
+	return out, nil
+}
