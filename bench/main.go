@@ -91,7 +91,11 @@ const metricsAddr = "127.0.0.1:19810"
 
 func main() {
 	flag.Parse()
-	if err := run(); err != nil {
+	do := run
+	if *scaleMode {
+		do = runScale
+	}
+	if err := do(); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}

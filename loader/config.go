@@ -41,7 +41,7 @@ type Config struct {
 const (
 	DefaultRingbufSize       = 1 << 20
 	DefaultConnTableSize     = 32768
-	DefaultListenerTableSize = 4096
+	DefaultListenerTableSize = 16384
 	DefaultPollInterval      = 100 * time.Millisecond
 	DefaultClosedRetention   = 5 * time.Minute
 )

@@ -160,7 +160,7 @@ func newFlagSet(cfg *Config, level, mode *string, disabled *stageList) *flag.Fla
 	fs.Var(disabled, "disable-stage", "do not attach this stage: "+events.StageNames()+" (comma-separated or repeated)")
 	fs.Func("ringbuf-size", "ring buffer size in bytes, a power of two (default 1048576)", uintFlag(&cfg.Loader.RingbufSize))
 	fs.Func("conn-table-size", "connections tracked between handshake and accept, LRU (default 32768)", uintFlag(&cfg.Loader.ConnTableSize))
-	fs.Func("listener-table-size", "listeners tracked, LRU (default 4096)", uintFlag(&cfg.Loader.ListenerTableSize))
+	fs.Func("listener-table-size", "listeners tracked, LRU (default 16384)", uintFlag(&cfg.Loader.ListenerTableSize))
 	fs.DurationVar(&cfg.DiagnosisInterval, "diagnosis-interval", time.Minute, "how often drops and accept failures are turned into a logged cause and knob (also at /diagnosis)")
 	fs.Func("path.procfs", "where the host's /proc is mounted (a DaemonSet mounts it at e.g. /host/proc) (default /proc)", func(v string) error {
 		if st, err := os.Stat(v); err != nil || !st.IsDir() {

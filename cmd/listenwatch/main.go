@@ -112,9 +112,12 @@ func run(cfg Config) error {
 	}
 	collector := exporter.New(tracer, cfg.Loader.Proc, log.With().Str("component", "exporter").Logger()).WithPods(names).WithOptions(cfg.Exporter)
 	doctor := diagnose.New(tracer, cfg.Loader.Proc, cfg.DiagnosisInterval, log.With().Str("component", "diagnose").Logger()).WithPods(names)
+	// The collector's per-listener series (thousands of listeners on a
+	// busy node) are gathered directly, the rest through the registry.
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector, doctor, collectors.NewGoCollector(),
+	reg.MustRegister(doctor, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gatherer := collector.Gatherer(reg)
 
 	hub := &stream.Hub{} // /api/v1/events readers
 	readErr := make(chan error, 1)
@@ -138,7 +141,7 @@ func run(cfg Config) error {
 	mux.Handle("/diagnosis", doctor)
 	mux.Handle("/api/v1/listeners", listenersAPI(tracer, collector, owners(cfg.Loader.Proc, names), log.With().Str("component", "api").Logger()))
 	mux.Handle("/api/v1/events", eventsAPI(hub, tracer, owners(cfg.Loader.Proc, names), log.With().Str("component", "api").Logger()))
-	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+	mux.Handle(cfg.MetricsPath, promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
 		// Scrapes beyond this wait for none: a 503, not a pile of
 		// concurrent collections.
