@@ -56,6 +56,11 @@ type result struct {
 	Clients          int        `json:"clients"`
 	Modes            string     `json:"hook_modes"`
 	Pairs            []pair     `json:"pairs"`
+	MedianCI         [2]float64 `json:"median_ratio_ci95"`
+	CostRate         float64    `json:"cost_offered_conn_per_s"`
+	CostPairs        []costPair `json:"cost_pairs"`
+	CostRatio        float64    `json:"cost_ratio_median"`
+	CostCI           [2]float64 `json:"cost_ratio_ci95"`
 	MedianRatio      float64    `json:"median_ratio"`
 	BPF              []progCost `json:"bpf"`
 	BPFNsPerConn     float64    `json:"bpf_ns_per_conn"`
@@ -79,8 +84,8 @@ type flood struct {
 
 var (
 	agentBin   = flag.String("agent", "bin/listenwatch", "listenwatch binary")
-	pairs      = flag.Int("pairs", 5, "A/B pairs")
-	roundDur   = flag.Duration("round", 4*time.Second, "duration of a round")
+	pairs      = flag.Int("pairs", 10, "throughput pairs, in A B B A order")
+	roundDur   = flag.Duration("round", 2*time.Second, "duration of a throughput round")
 	clients    = flag.Int("clients", 4, "client goroutines")
 	floodDur   = flag.Duration("flood", 30*time.Second, "SYN flood duration (0: skip)")
 	jsonOut    = flag.String("json", "bench-results.json", "write the figures here as JSON")
@@ -122,44 +127,54 @@ func run() error {
 	// Warm-up: first connections pay for page faults and route caches.
 	storm(ns, srv, time.Second)
 
+	// Throughput pairs, A B then B A (A: without the agent), so that a
+	// drift of the machine over the run does not favour either side.
 	var ratios []float64
 	for i := range *pairs {
-		without := storm(ns, srv, *roundDur)
-		ag, err := startAgent()
-		if err != nil {
-			return err
-		}
-		cpu0 := ag.cpuSeconds()
-		lost0, err := ag.metric("listenwatch_ringbuf_lost_events_total")
-		if err != nil {
+		var without, with float64
+		var p pair
+		for _, withAgent := range []bool{i%2 == 1, i%2 == 0} {
+			if !withAgent {
+				without = storm(ns, srv, *roundDur)
+				continue
+			}
+			ag, err := startAgent()
+			if err != nil {
+				return err
+			}
+			cpu0 := ag.cpuSeconds()
+			lost0, err := ag.metric("listenwatch_ringbuf_lost_events_total")
+			if err != nil {
+				ag.stop()
+				return fmt.Errorf("pair %d: %w", i+1, err)
+			}
+			n := stormCount(ns, srv, *roundDur)
+			with = float64(n) / roundDur.Seconds()
+			lost1, err := ag.metric("listenwatch_ringbuf_lost_events_total")
+			if err == nil {
+				res.Modes, err = ag.modes()
+			}
+			if err != nil {
+				ag.stop()
+				return fmt.Errorf("pair %d: %w", i+1, err)
+			}
+			p.AgentCPU, p.AgentConn, p.Lost = ag.cpuSeconds()-cpu0, n, lost1-lost0
+			if rss := ag.peakRSSMiB(); rss > res.PeakRSSMiB {
+				res.PeakRSSMiB = rss
+			}
 			ag.stop()
-			return fmt.Errorf("pair %d: %w", i+1, err)
 		}
-		n := stormCount(ns, srv, *roundDur)
-		with := float64(n) / roundDur.Seconds()
-		lost1, err := ag.metric("listenwatch_ringbuf_lost_events_total")
-		if err == nil {
-			res.Modes, err = ag.modes()
+		if without == 0 || with == 0 {
+			return fmt.Errorf("pair %d: a round made no connection (without %.0f/s, with %.0f/s)", i+1, without, with)
 		}
-		if err == nil && (without == 0 || n == 0) {
-			err = fmt.Errorf("a round made no connection (without %.0f/s, with %d)", without, n)
-		}
-		if err != nil {
-			ag.stop()
-			return fmt.Errorf("pair %d: %w", i+1, err)
-		}
-		p := pair{Without: without, With: with, Ratio: with / without, AgentCPU: ag.cpuSeconds() - cpu0,
-			AgentConn: n, Lost: lost1 - lost0}
-		if rss := ag.peakRSSMiB(); rss > res.PeakRSSMiB {
-			res.PeakRSSMiB = rss
-		}
-		ag.stop()
+		p.Without, p.With, p.Ratio = without, with, with/without
 		res.Pairs = append(res.Pairs, p)
 		ratios = append(ratios, p.Ratio)
 		res.StormLost += p.Lost
 		fmt.Fprintf(os.Stderr, "pair %d: without %.0f/s with %.0f/s ratio %.3f\n", i+1, without, with, p.Ratio)
 	}
 	res.MedianRatio = median(ratios)
+	res.MedianCI[0], res.MedianCI[1] = bootstrapMedianCI(ratios)
 	var cpu, conns float64
 	for _, p := range res.Pairs {
 		cpu += p.AgentCPU
@@ -168,6 +183,29 @@ func run() error {
 	res.CPUPer100k = cpu / conns * 1e5
 	rate := conns / (float64(len(res.Pairs)) * roundDur.Seconds())
 	res.CPUPctPer10kRate = (cpu / (float64(len(res.Pairs)) * roundDur.Seconds()) * 100) / (rate / 1e4)
+
+	// Cost at a fixed load: half the maximum measured without the agent.
+	if *costPairs > 0 {
+		var withouts []float64
+		for _, p := range res.Pairs {
+			withouts = append(withouts, p.Without)
+		}
+		res.CostRate = *costRate
+		if res.CostRate == 0 {
+			res.CostRate = median(withouts) / 2
+		}
+		cps, err := costPairsRun(ns, srv, res.CostRate)
+		if err != nil {
+			return err
+		}
+		res.CostPairs = cps
+		var cr []float64
+		for _, p := range cps {
+			cr = append(cr, p.Ratio)
+		}
+		res.CostRatio = median(cr)
+		res.CostCI[0], res.CostCI[1] = bootstrapMedianCI(cr)
+	}
 
 	// BPF cost: a separate round with kernel.bpf_stats_enabled=1, so the
 	// throughput pairs above do not pay for the accounting.
@@ -571,7 +609,16 @@ func printTable(w io.Writer, r *result) {
 	for i, p := range r.Pairs {
 		fmt.Fprintf(w, "%-6d %14.0f %14.0f %8.3f %9.2fs %8.0f\n", i+1, p.Without, p.With, p.Ratio, p.AgentCPU, p.Lost)
 	}
-	fmt.Fprintf(w, "median ratio (with/without): %.3f   (target >= 0.98)\n\n", r.MedianRatio)
+	fmt.Fprintf(w, "throughput ratio (with/without), median of %d pairs: %.3f, 95%% CI [%.3f, %.3f]   (target >= 0.98, CI above 0.97)\n\n",
+		len(r.Pairs), r.MedianRatio, r.MedianCI[0], r.MedianCI[1])
+	if len(r.CostPairs) > 0 {
+		fmt.Fprintf(w, "fixed load %.0f conn/s: machine CPU per accepted connection\n%-6s %16s %16s %8s\n", r.CostRate, "pair", "without us/conn", "with us/conn", "ratio")
+		for i, p := range r.CostPairs {
+			fmt.Fprintf(w, "%-6d %16.1f %16.1f %8.3f\n", i+1, p.WithoutUsPerConn, p.WithUsPerConn, p.Ratio)
+		}
+		fmt.Fprintf(w, "HEADLINE cost ratio (CPU per connection with/without), median of %d pairs: %.3f, 95%% CI [%.3f, %.3f]\n\n",
+			len(r.CostPairs), r.CostRatio, r.CostCI[0], r.CostCI[1])
+	}
 	fmt.Fprintf(w, "%-18s %12s %10s %10s\n", "bpf program", "runs", "ns/run", "ns/conn")
 	for _, p := range r.BPF {
 		fmt.Fprintf(w, "%-18s %12.0f %10.0f %10.0f\n", p.Name, p.Runs, p.NsPerRun, p.NsPerConn)
