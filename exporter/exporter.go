@@ -307,6 +307,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) { c.collect(chanSink{ch
 func (c *Collector) collect(out sink) {
 	d := &c.d
 	ls, err := c.src.Listeners()
+	if e, ok := out.(interface{ expect(int) }); ok {
+		e.expect(len(ls))
+	}
 	c.sourceRead(out, sourceListeners, err)
 	// One /proc read per process and scrape, not per listener.
 	owned, comms := map[uint32]pods.Pod{}, map[uint32]string{}

@@ -1,13 +1,17 @@
 package exporter
 
 import (
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/rs/zerolog"
 )
 
@@ -387,42 +392,38 @@ listenwatch_handshake_seconds_total{addr="10.0.0.5",netns="4026531840",port="808
 	}
 }
 
-// BenchmarkScrape10k is one /metrics of a node with 10,000 idle listeners:
-// collection, gathering (Gatherer, as /metrics does) and the text
-// encoding, as promhttp does them. The PIDs do not exist: owner reads fail fast, as for
-// exited processes.
-func BenchmarkScrape10k(b *testing.B) {
+func tenThousand() *fakeSource {
 	f := newFake()
 	f.listeners = nil
 	for i := range 10000 {
 		k := events.ListenerKey{Netns: 4026531840 + uint32(i/100), Addr: netip.MustParseAddr("127.0.0.1"), Port: uint16(30000 + i%100)}
 		f.listeners = append(f.listeners, events.Listener{Key: k, Sockets: 1, Backlog: 128, PID: 1 << 30, Comm: "srv"})
 	}
-	g := New(f, procfs.FS{}, zerolog.Nop()).Gatherer(prometheus.NewRegistry())
+	return f
+}
+
+// BenchmarkScrape10k is one /metrics of a node with 10,000 idle listeners,
+// as the agent serves it (Handler). The PIDs do not exist: owner reads
+// fail fast, as for exited processes.
+func BenchmarkScrape10k(b *testing.B) {
+	h := New(tenThousand(), procfs.FS{}, zerolog.Nop()).Handler(prometheus.NewRegistry(), 1, zerolog.Nop())
+	req := httptest.NewRequest("GET", "/metrics", nil)
 	b.ReportAllocs()
 	for b.Loop() {
-		mfs, err := g.Gather()
-		if err != nil {
-			b.Fatal(err)
-		}
-		enc := expfmt.NewEncoder(io.Discard, expfmt.NewFormat(expfmt.TypeTextPlain))
-		for _, mf := range mfs {
-			enc.Encode(mf)
+		w := httptest.NewRecorder()
+		w.Body = nil // discard: the encoding is measured, not a copy
+		h.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatal(w.Code)
 		}
 	}
 }
 
-// BenchmarkScrape10kRegistry is the same through a registry (Collect):
-// what /metrics cost before Gatherer, side by side.
+// BenchmarkScrape10kRegistry is the same through a registry (Collect) and
+// the text encoder: what /metrics cost before Handler, side by side.
 func BenchmarkScrape10kRegistry(b *testing.B) {
-	f := newFake()
-	f.listeners = nil
-	for i := range 10000 {
-		k := events.ListenerKey{Netns: 4026531840 + uint32(i/100), Addr: netip.MustParseAddr("127.0.0.1"), Port: uint16(30000 + i%100)}
-		f.listeners = append(f.listeners, events.Listener{Key: k, Sockets: 1, Backlog: 128, PID: 1 << 30, Comm: "srv"})
-	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(New(f, procfs.FS{}, zerolog.Nop()))
+	reg.MustRegister(New(tenThousand(), procfs.FS{}, zerolog.Nop()))
 	b.ReportAllocs()
 	for b.Loop() {
 		mfs, err := reg.Gather()
@@ -436,44 +437,101 @@ func BenchmarkScrape10kRegistry(b *testing.B) {
 	}
 }
 
-// TestGathererIsCollect: /metrics's direct path writes exactly the series
-// Collect does, through a registry (every family, every label, every
-// value, histograms and info included), with each option on.
-func TestGathererIsCollect(t *testing.T) {
+// TestHandlerIsCollect: /metrics's direct path writes exactly the series
+// a registry writes from Collect (every family, label, value, escaping,
+// histograms and info included, each option on), plus what is registered
+// beside it; gzip when asked; 503 beyond the concurrent scrapes allowed.
+func TestHandlerIsCollect(t *testing.T) {
 	f := newFake()
 	f.listeners = append(f.listeners, events.Listener{
 		Key:   events.ListenerKey{Netns: 7, Addr: netip.MustParseAddr("::"), Port: 443},
 		Drops: [events.DropReasons]uint64{1, 2, 3, 4, 5}, AcceptEMFILE: 6, AcceptENFILE: 7, Sockets: 1,
 		Owners: [events.OwnersMax]uint32{uint32(os.Getpid()), 1 << 30}, PID: uint32(os.Getpid()), Comm: "test",
 	})
+	f.listeners[0].Comm = `we"ird\name` // escaped in label values
+	f.listeners[0].PID = 1 << 30
 	c := New(f, procfs.FS{}, zerolog.Nop()).WithOptions(Options{LatencySplit: true, QueueLengthHistogram: true})
 	for i := range 50 {
 		c.Observe(&events.Conn{Listener: f.listeners[1].Key, Flags: events.FlagHandshake | events.FlagSYNExact,
 			SYNACKSent: time.Millisecond, Established: 2 * time.Millisecond, Accepted: time.Duration(3+i) * time.Millisecond, AcceptQueueLen: uint32(i)})
 	}
-	text := func(g prometheus.Gatherer) []string {
-		mfs, err := g.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var b strings.Builder
-		for _, mf := range mfs {
-			if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
-				t.Fatal(err)
-			}
-		}
-		lines := strings.Split(b.String(), "\n")
-		slices.Sort(lines) // the direct path does not sort series: order is not part of the format
-		return lines
-	}
+	other := prometheus.NewRegistry()
+	other.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "beside", Help: "registered beside"}))
+
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
-	viaRegistry := text(reg)
-	direct := text(c.Gatherer(prometheus.NewRegistry()))
-	if !slices.Equal(viaRegistry, direct) {
-		t.Fatalf("the paths differ:\nregistry:\n%s\ndirect:\n%s", strings.Join(viaRegistry, "\n"), strings.Join(direct, "\n"))
+	mfs, err := prometheus.Gatherers{reg, other}.Gather()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(direct) < 150 {
-		t.Fatalf("only %d lines: the test exercises too little", len(direct))
+	var want strings.Builder
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&want, mf); err != nil {
+			t.Fatal(err)
+		}
 	}
+	lines := func(s string) []string {
+		l := strings.Split(strings.TrimSpace(s), "\n")
+		slices.Sort(l) // order of families and series is not part of the format
+		return l
+	}
+	h := c.Handler(other, 1, zerolog.Nop())
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	if got := lines(w.Body.String()); !slices.Equal(got, lines(want.String())) {
+		t.Fatalf("the paths differ:\nregistry:\n%s\ndirect:\n%s", want.String(), w.Body.String())
+	}
+	if n := len(lines(want.String())); n < 150 {
+		t.Fatalf("only %d lines: the test exercises too little", n)
+	}
+	if ct := w.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+		t.Errorf("content type %q", ct)
+	}
+	// Text the Prometheus parser accepts, gzip when asked.
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	zr, err := gzip.NewReader(w.Body)
+	if err != nil || w.Header().Get("Content-Encoding") != "gzip" {
+		t.Fatalf("gzip: %v %q", err, w.Header().Get("Content-Encoding"))
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	if _, err := p.TextToMetricFamilies(zr); err != nil {
+		t.Fatalf("the Prometheus text parser refuses it: %v", err)
+	}
+}
+
+// TestHandlerBoundsConcurrentScrapes: beyond the allowed concurrent
+// scrapes, a 503 at once instead of another collection.
+func TestHandlerBoundsConcurrentScrapes(t *testing.T) {
+	f := &blockingSource{fakeSource: newFake(), entered: make(chan struct{}), release: make(chan struct{})}
+	h := New(f, procfs.FS{}, zerolog.Nop()).Handler(prometheus.NewRegistry(), 1, zerolog.Nop())
+	done := make(chan int)
+	go func() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+		done <- w.Code
+	}()
+	<-f.entered
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	if w.Code != http.StatusServiceUnavailable {
+		t.Errorf("second concurrent scrape: %d, want 503", w.Code)
+	}
+	close(f.release)
+	if code := <-done; code != 200 {
+		t.Errorf("first scrape: %d", code)
+	}
+}
+
+type blockingSource struct {
+	*fakeSource
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (b *blockingSource) Listeners() ([]events.Listener, error) {
+	b.once.Do(func() { close(b.entered); <-b.release })
+	return b.fakeSource.Listeners()
 }
