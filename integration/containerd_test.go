@@ -549,9 +549,7 @@ func TestPodNamesFromContainerd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clients := connectNonBlocking(t, webNS, netip.MustParseAddrPort("127.0.0.1:8080"), 60)
-	time.Sleep(1500 * time.Millisecond)
-	closeAll(clients)
+	burst(t, webNS, netip.MustParseAddrPort("127.0.0.1:8080"), 60)
 	fs := doc.Step()
 	ctd.stopContainer(t, web) // the listener closes: its counters are final
 	after, err := webNS.Netstat()

@@ -45,6 +45,16 @@ func connectNonBlocking(t *testing.T, ns *netnstest.NS, addr netip.AddrPort, n i
 	return fds
 }
 
+// burst connects n clients at once to a listener that does not accept,
+// waits long enough for their first SYN retransmits (1 s) to be refused
+// too, and closes them.
+func burst(t *testing.T, ns *netnstest.NS, addr netip.AddrPort, n int) {
+	t.Helper()
+	fds := connectNonBlocking(t, ns, addr, n)
+	time.Sleep(1500 * time.Millisecond)
+	closeAll(fds)
+}
+
 func closeAll(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
@@ -511,9 +521,7 @@ func TestReusePortGroupOverflow(t *testing.T) {
 		closeAll(group)
 		t.Fatal(err)
 	}
-	clients := connectNonBlocking(t, ns, addr, 200)
-	time.Sleep(1500 * time.Millisecond) // the first SYN retransmits are refused too
-	closeAll(clients)
+	burst(t, ns, addr, 200)
 	closeAll(group)
 	after, _ := ns.Netstat()
 	l := listener(t, key)

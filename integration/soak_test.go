@@ -248,9 +248,7 @@ func soakOverflow(t *testing.T, a *soakAgent, clients int) {
 	addr := netip.MustParseAddrPort("127.0.0.1:9101")
 	fd := listen(t, ns, addr, 4)
 	before, _ := ns.Netstat()
-	fds := connectNonBlocking(t, ns, addr, clients)
-	time.Sleep(1500 * time.Millisecond)
-	closeAll(fds)
+	burst(t, ns, addr, clients)
 	unix.Close(fd)
 	after, _ := ns.Netstat()
 	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}

@@ -57,9 +57,7 @@ func TestTopOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			start := time.Now()
-			clients := connectNonBlocking(t, ns, addr, 60)
-			time.Sleep(1500 * time.Millisecond) // the 1 s SYN retransmits are refused too
-			closeAll(clients)
+			burst(t, ns, addr, 60)
 			after, err := ns.Netstat()
 			if err != nil {
 				t.Fatal(err)

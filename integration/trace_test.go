@@ -113,9 +113,7 @@ func TestTrace(t *testing.T) {
 				clients[clientAddr(c).Port()] = bounds{acceptStart - queued, acceptDone - begun}
 				c.Close()
 			}
-			fds := connectNonBlocking(t, ns, full, 200)
-			time.Sleep(1500 * time.Millisecond) // the 1 s SYN retransmits are refused too
-			closeAll(fds)
+			burst(t, ns, full, 200)
 			after, err := ns.Netstat()
 			if err != nil {
 				t.Fatal(err)

@@ -86,8 +86,8 @@ func run(cfg Config) error {
 	log, sampled := newLogger(cfg)
 	// A scrape of a busy node writes ~20 MB of text at once; at Go's
 	// default GOGC=100 the heap doubles around it (peak RSS 107 MiB with
-	// 10,000 listeners, make bench-scale); 50 keeps the peak at 90 MiB for
-	// ~0.07 s more per scrape. GOGC, when set, wins.
+	// 10,000 listeners: GOGC=100 make bench-scale); 50 keeps the peak at
+	// 89 MiB (make bench-scale). GOGC, when set, wins.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
