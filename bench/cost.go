@@ -83,12 +83,7 @@ func paced(ns *netnstest.NS, s *server, rate float64, d time.Duration) (accepted
 						return nil
 					case <-tickets:
 					}
-					c, err := dialer.Dial("tcp", s.addr)
-					if err != nil {
-						continue
-					}
-					c.(*net.TCPConn).SetLinger(0)
-					c.Close()
+					connectOnce(&dialer, s.addr)
 				}
 			})
 		}()

@@ -324,12 +324,7 @@ func stormCount(ns *netnstest.NS, s *server, d time.Duration) int64 {
 						return nil
 					default:
 					}
-					c, err := dialer.Dial("tcp", s.addr)
-					if err != nil {
-						continue
-					}
-					c.(*net.TCPConn).SetLinger(0)
-					c.Close()
+					connectOnce(&dialer, s.addr)
 				}
 			})
 		}()
@@ -490,6 +485,17 @@ func perProgram(name string) (map[string]float64, error) {
 		return nil, fmt.Errorf("the agent exports no %s", name)
 	}
 	return out, nil
+}
+
+// connectOnce makes one connection and closes it with a reset (no
+// TIME_WAIT pile-up over a long run).
+func connectOnce(d *net.Dialer, addr string) {
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
 }
 
 func bpfCost(ns *netnstest.NS, s *server, res *result) error {

@@ -6,7 +6,6 @@ package exporter
 import (
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -206,28 +205,6 @@ func (c *Collector) WithPods(n *pods.Names) *Collector {
 	return c
 }
 
-// reasonsByName are the drop reasons in the order of their label values.
-var reasonsByName = func() []events.DropReason {
-	rs := make([]events.DropReason, events.DropReasons)
-	for i := range rs {
-		rs[i] = events.DropReason(i)
-	}
-	sort.Slice(rs, func(a, b int) bool { return rs[a].String() < rs[b].String() })
-	return rs
-}()
-
-// labelsLess orders listener label values (netns, addr, port) as the
-// registry orders series: by addr, then netns, then port, as strings.
-func labelsLess(a, b []string) bool {
-	if a[1] != b[1] {
-		return a[1] < b[1]
-	}
-	if a[0] != b[0] {
-		return a[0] < b[0]
-	}
-	return a[2] < b[2]
-}
-
 func listenerLabelValues(k events.ListenerKey) []string {
 	return []string{strconv.FormatUint(uint64(k.Netns), 10), k.Addr.String(), strconv.Itoa(int(k.Port))}
 }
@@ -315,17 +292,7 @@ func (c *Collector) collect(out sink) {
 	owned, comms := map[uint32]pods.Pod{}, map[uint32]string{}
 	f := &c.opts.Filter
 	var filtered map[events.ListenerKey]bool
-	// In the order the registry sorts each family's series (label values
-	// as strings, by label name: addr, netns, port): its sort then meets
-	// sorted input, a pass instead of n log n comparisons of label pairs
-	// (half of a 10,000-listener scrape).
-	lvs := make([][]string, len(ls))
-	order := make([]int, len(ls))
 	for i := range ls {
-		lvs[i], order[i] = listenerLabelValues(ls[i].Key), i
-	}
-	sort.Slice(order, func(a, b int) bool { return labelsLess(lvs[order[a]], lvs[order[b]]) })
-	for _, i := range order {
 		l := ls[i]
 		if !f.port(l.Key) || (f.byNamespace() && !f.namespace(c.listenerPod(&l, owned, comms).Namespace)) {
 			if filtered == nil {
@@ -334,7 +301,7 @@ func (c *Collector) collect(out sink) {
 			filtered[l.Key] = true
 			continue
 		}
-		lv := lvs[i]
+		lv := listenerLabelValues(l.Key)
 		out.value(d.syns, float64(l.SYNs), lv...)
 		out.value(d.handshakes, float64(l.Handshakes), lv...)
 		out.value(d.accepted, float64(l.Accepted), lv...)
@@ -347,8 +314,8 @@ func (c *Collector) collect(out sink) {
 		out.value(d.synackRetx, float64(l.SynackRetrans), lv...)
 		// The series with one label more last: the ones above share
 		// their label pairs (gather.go).
-		for _, r := range reasonsByName {
-			out.value(d.drops, float64(l.Drops[r]), append(lv[:3:3], r.String())...)
+		for r, v := range l.Drops {
+			out.value(d.drops, float64(v), append(lv[:3:3], events.DropReason(r).String())...)
 		}
 		out.value(d.acceptErrors, float64(l.AcceptEMFILE), append(lv[:3:3], "EMFILE")...)
 		out.value(d.acceptErrors, float64(l.AcceptENFILE), append(lv[:3:3], "ENFILE")...)

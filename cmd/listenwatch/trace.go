@@ -108,10 +108,11 @@ func traceMain(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	w := bufio.NewWriter(stdout)
 	defer w.Flush()
+	enc := json.NewEncoder(w)
 	emit := func(e *stream.Event) error {
 		var err error
 		if output == "json" {
-			err = json.NewEncoder(w).Encode(e)
+			err = enc.Encode(e)
 		} else {
 			err = e.WriteText(w)
 		}
