@@ -6,7 +6,7 @@ BIN     := bin/listenwatch
 GOFLAGS ?=
 VMTEST_KERNELS ?= 6.1 6.12 newest arm64-6.1
 
-.PHONY: bench-scale dashboards dashboard-image rules-check e2e image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
+.PHONY: bench-bpf bench-scale dashboards dashboard-image rules-check e2e image all build run test unit integration deps generate generate-check vet bench vmtest vmlinux clean fuzz soak test-under-load
 
 all: build
 
@@ -102,6 +102,17 @@ vmlinux:
 bench: build
 	$(GO) test -run "^$$" -bench . -benchmem ./events/ ./loader/ ./exporter/
 	$(GO) run ./bench -agent $(BIN) $(BENCHFLAGS)
+
+# The BPF time per accepted connection of this tree against the agent built
+# at BASELINE (a git revision), per program, side by side in one run
+# (rounds A B B A): what a change to bpf/ gained or cost.
+BASELINE ?= HEAD
+bench-bpf: build
+	rm -rf bin/baseline-src && mkdir -p bin/baseline-src
+	git archive $(BASELINE) | tar -x -C bin/baseline-src
+	cd bin/baseline-src && $(GO) build -o ../listenwatch-baseline ./cmd/listenwatch
+	rm -rf bin/baseline-src
+	$(GO) run ./bench -agent $(BIN) -bpf-baseline bin/listenwatch-baseline $(BENCHFLAGS)
 
 # One busy node: 10,000 idle listeners in 100 namespaces (RSS, BPF map
 # memory, /metrics time and size), listener churn (1,000/s for 30 s: no

@@ -97,8 +97,11 @@ const metricsAddr = "127.0.0.1:19810"
 func main() {
 	flag.Parse()
 	do := run
-	if *scaleMode {
+	switch {
+	case *scaleMode:
 		do = runScale
+	case *bpfBaseline != "":
+		do = runBPFCompare
 	}
 	if err := do(); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -342,12 +345,15 @@ type agent struct {
 	cmd *exec.Cmd
 }
 
-func startAgent() (*agent, error) {
+func startAgent() (*agent, error) { return startAgentBin(*agentBin) }
+
+// startAgentBin starts the agent binary bin with the bench's flags.
+func startAgentBin(bin string) (*agent, error) {
 	args := []string{"run", "--metrics-addr", metricsAddr, "--log-format", "json"}
 	if *agentFlags != "" {
 		args = append(args, strings.Fields(*agentFlags)...)
 	}
-	cmd := exec.Command(*agentBin, args...)
+	cmd := exec.Command(bin, args...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
@@ -499,17 +505,80 @@ func connectOnce(d *net.Dialer, addr string) {
 }
 
 func bpfCost(ns *netnstest.NS, s *server, res *result) error {
+	restore, err := enableBPFStats()
+	if err != nil {
+		return err
+	}
+	defer restore()
+	r, err := bpfRound(ns, s, *agentBin)
+	if err != nil {
+		return err
+	}
+	res.BPF, res.BPFNsPerConn = r.programs(), r.nsPerConn()
+	return nil
+}
+
+// enableBPFStats switches kernel.bpf_stats_enabled on (run time and run
+// count per program) and returns what puts the old value back.
+func enableBPFStats() (func(), error) {
 	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0); err != nil {
-		return err
+		return nil, err
 	}
-	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0)
-	ag, err := startAgent()
+	return func() { os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0) }, nil
+}
+
+// bpfTotals is what the programs of one agent spent over some rounds.
+type bpfTotals struct {
+	conns float64
+	secs  map[string]float64
+	runs  map[string]float64
+}
+
+func (t *bpfTotals) add(o bpfTotals) {
+	if t.secs == nil {
+		t.secs, t.runs = map[string]float64{}, map[string]float64{}
+	}
+	t.conns += o.conns
+	for k, v := range o.secs {
+		t.secs[k] += v
+	}
+	for k, v := range o.runs {
+		t.runs[k] += v
+	}
+}
+
+func (t bpfTotals) programs() []progCost {
+	var out []progCost
+	for name, secs := range t.secs {
+		runs, ns := t.runs[name], secs*1e9
+		pc := progCost{Name: name, Runs: runs, NsPerConn: ns / t.conns}
+		if runs > 0 {
+			pc.NsPerRun = ns / runs
+		}
+		out = append(out, pc)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (t bpfTotals) nsPerConn() float64 {
+	var ns float64
+	for _, v := range t.secs {
+		ns += v * 1e9
+	}
+	return ns / t.conns
+}
+
+// bpfRound runs the storm for one round with the agent binary bin and
+// returns what its programs spent (bpf_stats must be on).
+func bpfRound(ns *netnstest.NS, s *server, bin string) (bpfTotals, error) {
+	ag, err := startAgentBin(bin)
 	if err != nil {
-		return err
+		return bpfTotals{}, err
 	}
 	defer ag.stop()
 	read := func() (secs, runs map[string]float64, err error) {
@@ -521,29 +590,22 @@ func bpfCost(ns *netnstest.NS, s *server, res *result) error {
 	}
 	t0, r0, err := read()
 	if err != nil {
-		return err
+		return bpfTotals{}, err
 	}
 	n := stormCount(ns, s, *roundDur)
 	t1, r1, err := read()
 	if err != nil {
-		return err
+		return bpfTotals{}, err
 	}
 	if n == 0 {
-		return errors.New("BPF cost round: no connection was made")
+		return bpfTotals{}, errors.New("BPF cost round: no connection was made")
 	}
-	res.BPFNsPerConn = 0
+	out := bpfTotals{conns: float64(n), secs: map[string]float64{}, runs: map[string]float64{}}
 	for name := range t1 {
-		runs := r1[name] - r0[name]
-		ns := (t1[name] - t0[name]) * 1e9
-		pc := progCost{Name: name, Runs: runs, NsPerConn: ns / float64(n)}
-		if runs > 0 {
-			pc.NsPerRun = ns / runs
-		}
-		res.BPF = append(res.BPF, pc)
-		res.BPFNsPerConn += pc.NsPerConn
+		out.secs[name] = t1[name] - t0[name]
+		out.runs[name] = r1[name] - r0[name]
 	}
-	sort.Slice(res.BPF, func(i, j int) bool { return res.BPF[i].Name < res.BPF[j].Name })
-	return nil
+	return out, nil
 }
 
 // synFlood sends spoofed SYNs from the peer namespace to the listener for
@@ -630,7 +692,7 @@ func printTable(w io.Writer, r *result) {
 	for _, p := range r.BPF {
 		fmt.Fprintf(w, "%-18s %12.0f %10.0f %10.0f\n", p.Name, p.Runs, p.NsPerRun, p.NsPerConn)
 	}
-	fmt.Fprintf(w, "BPF time per accepted connection: %.0f ns   (target <= 1500)\n", r.BPFNsPerConn)
+	fmt.Fprintf(w, "BPF time per accepted connection: %.0f ns   (target <= 1200)\n", r.BPFNsPerConn)
 	fmt.Fprintf(w, "agent CPU: %.3f s per 100k connections, %.2f%% of a core per 10k conn/s   (target <= 3%%)\n", r.CPUPer100k, r.CPUPctPer10kRate)
 	fmt.Fprintf(w, "agent peak RSS: %.1f MiB   (target <= 40)   ring-buffer losses in the storm: %.0f   (target 0)\n", r.PeakRSSMiB, r.StormLost)
 	if f := r.Flood; f != nil {

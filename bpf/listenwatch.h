@@ -93,6 +93,16 @@ struct lw_conn {
 	__u32 ackq; /* accept-queue length with this child queued; 0 if unknown */
 };
 
+/* A slot of the join array: one cache line. sk: the child it holds (its
+ * struct sock address), 0 when free; busy: 1 while a program reads or
+ * writes the slot, taken and released with atomic operations. */
+struct lw_conn_slot {
+	__u64 sk;
+	__u32 busy;
+	__u32 pad;
+	struct lw_conn conn;
+};
+
 enum lw_flag {
 	LW_F_SYN_EXACT = 1 << 0,     /* t_synack from req->snt_synack */
 	LW_F_SYN_SRTT = 1 << 1,      /* t_synack = t_est - srtt/8 (no retransmit) */

@@ -37,6 +37,14 @@ type bpfLwConn struct {
 	Ackq     uint32
 }
 
+type bpfLwConnSlot struct {
+	_    structs.HostLayout
+	Sk   uint64
+	Busy uint32
+	Pad  uint32
+	Conn bpfLwConn
+}
+
 type bpfLwCounter uint32
 
 const (
@@ -154,6 +162,7 @@ type bpfLwSock struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bpfMapLwConnSlots         = "lw_conn_slots"
 	bpfMapLwConns             = "lw_conns"
 	bpfMapLwCounters          = "lw_counters"
 	bpfMapLwEvents            = "lw_events"
@@ -180,8 +189,10 @@ const (
 	bpfProgLwTpState          = "lw_tp_state"
 	bpfProgLwTpSynack         = "lw_tp_synack"
 	bpfVarCfgKfreeDrops       = "cfg_kfree_drops"
+	bpfVarCfgRdonlyCast       = "cfg_rdonly_cast"
 	bpfVarCfgRspHi            = "cfg_rsp_hi"
 	bpfVarCfgRspLo            = "cfg_rsp_lo"
+	bpfVarCfgSlotBits         = "cfg_slot_bits"
 	bpfVarCfgTpAccept         = "cfg_tp_accept"
 	bpfVarCfgTpHandshake      = "cfg_tp_handshake"
 	bpfVarCfgWakeupBytes      = "cfg_wakeup_bytes"
@@ -261,6 +272,7 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
+	LwConnSlots *ebpf.MapSpec `ebpf:"lw_conn_slots"`
 	LwConns     *ebpf.MapSpec `ebpf:"lw_conns"`
 	LwCounters  *ebpf.MapSpec `ebpf:"lw_counters"`
 	LwEvents    *ebpf.MapSpec `ebpf:"lw_events"`
@@ -274,8 +286,10 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	CfgKfreeDrops  *ebpf.VariableSpec `ebpf:"cfg_kfree_drops"`
+	CfgRdonlyCast  *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
 	CfgRspHi       *ebpf.VariableSpec `ebpf:"cfg_rsp_hi"`
 	CfgRspLo       *ebpf.VariableSpec `ebpf:"cfg_rsp_lo"`
+	CfgSlotBits    *ebpf.VariableSpec `ebpf:"cfg_slot_bits"`
 	CfgTpAccept    *ebpf.VariableSpec `ebpf:"cfg_tp_accept"`
 	CfgTpHandshake *ebpf.VariableSpec `ebpf:"cfg_tp_handshake"`
 	CfgWakeupBytes *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
@@ -308,6 +322,7 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
+	LwConnSlots *ebpf.Map `ebpf:"lw_conn_slots"`
 	LwConns     *ebpf.Map `ebpf:"lw_conns"`
 	LwCounters  *ebpf.Map `ebpf:"lw_counters"`
 	LwEvents    *ebpf.Map `ebpf:"lw_events"`
@@ -318,6 +333,7 @@ type bpfMaps struct {
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.LwConnSlots,
 		m.LwConns,
 		m.LwCounters,
 		m.LwEvents,
@@ -332,8 +348,10 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	CfgKfreeDrops  *ebpf.Variable `ebpf:"cfg_kfree_drops"`
+	CfgRdonlyCast  *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
 	CfgRspHi       *ebpf.Variable `ebpf:"cfg_rsp_hi"`
 	CfgRspLo       *ebpf.Variable `ebpf:"cfg_rsp_lo"`
+	CfgSlotBits    *ebpf.Variable `ebpf:"cfg_slot_bits"`
 	CfgTpAccept    *ebpf.Variable `ebpf:"cfg_tp_accept"`
 	CfgTpHandshake *ebpf.Variable `ebpf:"cfg_tp_handshake"`
 	CfgWakeupBytes *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`

@@ -42,6 +42,83 @@ static __always_inline void key_from_btf_sk(struct lw_listener_key *k, const str
 	}
 }
 
+/* The handshake -> accept join: lw_conn_slots, then lw_conns. A slot is
+ * found by the child's connection hash (sk_hash, set when the child entered
+ * the established table, before any hook sees it: the verifier allows no
+ * arithmetic on a socket pointer), and owned by the child's address. Its
+ * lock is taken and released with atomic operations, which order the
+ * writes of a timeline before the release on every architecture. A reader
+ * that finds the slot locked takes the slow path: the LRU. */
+static __always_inline struct lw_conn_slot *slot_of(__u32 hash)
+{
+	__u32 idx = hash & ((1U << cfg_slot_bits) - 1);
+	return bpf_map_lookup_elem(&lw_conn_slots, &idx);
+}
+
+static __always_inline bool slot_lock(struct lw_conn_slot *s)
+{
+	return s->busy == 0 && __sync_val_compare_and_swap(&s->busy, 0, 1) == 0;
+}
+
+static __always_inline void slot_unlock(struct lw_conn_slot *s)
+{
+	__sync_lock_test_and_set(&s->busy, 0);
+}
+
+static __always_inline void conn_put(__u64 child, __u32 hash, const struct lw_conn *c)
+{
+	struct lw_conn_slot *s = slot_of(hash);
+	/* Free, or left by a socket freed at this address whose close was
+	 * not seen: ours. */
+	if (s && (s->sk == 0 || s->sk == child) && slot_lock(s)) {
+		bool mine = s->sk == 0 || s->sk == child;
+		if (mine) {
+			s->sk = child;
+			s->conn = *c;
+		}
+		slot_unlock(s);
+		if (mine)
+			return;
+	}
+	bpf_map_update_elem(&lw_conns, &child, c, BPF_ANY);
+}
+
+/* Takes the child's timeline out of the join; false when it is not there. */
+static __always_inline bool conn_take(__u64 child, __u32 hash, struct lw_conn *out)
+{
+	struct lw_conn_slot *s = slot_of(hash);
+	if (s && s->sk == child && slot_lock(s)) {
+		bool mine = s->sk == child;
+		if (mine) {
+			*out = s->conn;
+			s->sk = 0;
+		}
+		slot_unlock(s);
+		if (mine)
+			return true;
+	}
+	struct lw_conn *c = bpf_map_lookup_elem(&lw_conns, &child);
+	if (!c)
+		return false;
+	*out = *c;
+	bpf_map_delete_elem(&lw_conns, &child);
+	return true;
+}
+
+static __always_inline void conn_forget(__u64 child, __u32 hash)
+{
+	struct lw_conn_slot *s = slot_of(hash);
+	if (s && s->sk == child && slot_lock(s)) {
+		bool mine = s->sk == child;
+		if (mine)
+			s->sk = 0;
+		slot_unlock(s);
+		if (mine)
+			return;
+	}
+	bpf_map_delete_elem(&lw_conns, &child);
+}
+
 /* An open listener's entry. A closed listener keeps its entry (its final
  * counters stay readable until it listens again or is evicted) but takes no
  * traffic: network namespace inodes are reused, so a dead namespace's
@@ -125,9 +202,8 @@ static __always_inline void set_owner(struct lw_listener_stats *st)
 
 /* Remembers the current process among the listener's owners: no write when
  * it is already there (the common case on every accept). */
-static __always_inline void add_owner(struct lw_listener_stats *st)
+static __always_inline void add_owner(struct lw_listener_stats *st, __u32 tgid)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	int free = -1;
 	for (int i = 0; i < LW_OWNERS_MAX; i++) {
 		if (st->owners[i] == tgid)

@@ -4,20 +4,35 @@
 
 static __always_inline void accepted(const struct sock *child, const struct sock *listener)
 {
-	__u64 key = (__u64)child;
 	struct lw_event *e = bpf_ringbuf_reserve(&lw_events, sizeof(*e), 0);
-	struct lw_conn *c = bpf_map_lookup_elem(&lw_conns, &key);
+	struct lw_conn c;
 	struct lw_listener_key k;
 	__u64 t_synack = 0, t_est = 0;
 	__u32 flags = 0, ackq = 0;
 
-	if (c) {
-		k = c->listener;
-		t_synack = c->t_synack;
-		t_est = c->t_est;
-		flags = c->flags;
-		ackq = c->ackq;
-		bpf_map_delete_elem(&lw_conns, &key);
+	/* The child's identity, as plain loads where the kernel allows. */
+	__u32 hash, daddr;
+	__u16 family, rport;
+	if (cfg_rdonly_cast) {
+		const struct sock *ch = RDONLY(struct sock, child);
+		hash = ch->__sk_common.skc_hash;
+		family = ch->__sk_common.skc_family;
+		daddr = ch->__sk_common.skc_daddr;
+		rport = ch->__sk_common.skc_dport;
+	} else {
+		hash = BPF_CORE_READ(child, __sk_common.skc_hash);
+		family = BPF_CORE_READ(child, __sk_common.skc_family);
+		daddr = BPF_CORE_READ(child, __sk_common.skc_daddr);
+		rport = BPF_CORE_READ(child, __sk_common.skc_dport);
+	}
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (conn_take((__u64)child, hash, &c)) {
+		k = c.listener;
+		t_synack = c.t_synack;
+		t_est = c.t_est;
+		flags = c.flags;
+		ackq = c.ackq;
 	} else if (listener) {
 		key_from_sk(&k, listener);
 	} else {
@@ -29,7 +44,7 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 		__sync_fetch_and_add(&st->accepted, 1);
 		if (!st->pid)
 			set_owner(st);
-		add_owner(st);
+		add_owner(st, tgid);
 		flags &= ~LW_F_NO_LISTENER;
 	} else {
 		count(LW_C_UNATTRIBUTED_ACCEPT);
@@ -45,15 +60,13 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 	e->t_acc = bpf_ktime_get_ns();
 	e->listener = k;
 	__builtin_memset(e->raddr, 0, sizeof(e->raddr));
-	if (BPF_CORE_READ(child, __sk_common.skc_family) == AF_INET) {
-		__u32 a = BPF_CORE_READ(child, __sk_common.skc_daddr);
-		__builtin_memcpy(e->raddr, &a, 4);
-	} else {
+	if (family == AF_INET)
+		__builtin_memcpy(e->raddr, &daddr, 4);
+	else
 		BPF_CORE_READ_INTO(&e->raddr, child, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-	}
-	e->rport = bpf_ntohs(BPF_CORE_READ(child, __sk_common.skc_dport));
+	e->rport = bpf_ntohs(rport);
 	e->flags = flags;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->pid = tgid;
 	e->ackq = ackq;
 	e->kind = LW_K_ACCEPT;
 	e->reason = 0;
@@ -76,20 +89,38 @@ static __always_inline const struct sock *sock_of_fd(long fd)
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	if (!f)
 		return NULL;
-	struct socket *so = BPF_CORE_READ(f, private_data);
-	if (!so || BPF_CORE_READ(so, file) != f)
-		return NULL;
-	const struct sock *sk = BPF_CORE_READ(so, sk);
-	if (!sk)
-		return NULL;
+	const struct sock *sk;
+	__u16 proto;
 	/* Only stream sockets are accepted; of those only inet ones carry
 	 * these protocol numbers. */
-	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
-	if (bpf_core_type_exists(struct mptcp_sock) && proto == IPPROTO_MPTCP) {
-		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+	if (cfg_rdonly_cast) {
+		const struct socket *so = RDONLY(struct socket, RDONLY(struct file, f)->private_data);
+		if (!so || so->file != f)
+			return NULL;
+		sk = so->sk;
+		if (!sk)
+			return NULL;
+		proto = sk->sk_protocol;
+		if (bpf_core_type_exists(struct mptcp_sock) && proto == IPPROTO_MPTCP) {
+			sk = RDONLY(struct mptcp_sock, sk)->first;
+			if (!sk)
+				return NULL;
+			proto = sk->sk_protocol;
+		}
+	} else {
+		struct socket *so = BPF_CORE_READ(f, private_data);
+		if (!so || BPF_CORE_READ(so, file) != f)
+			return NULL;
+		sk = BPF_CORE_READ(so, sk);
 		if (!sk)
 			return NULL;
 		proto = BPF_CORE_READ(sk, sk_protocol);
+		if (bpf_core_type_exists(struct mptcp_sock) && proto == IPPROTO_MPTCP) {
+			sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+			if (!sk)
+				return NULL;
+			proto = BPF_CORE_READ(sk, sk_protocol);
+		}
 	}
 	return proto == IPPROTO_TCP ? sk : NULL;
 }

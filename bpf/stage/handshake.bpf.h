@@ -5,7 +5,7 @@
 /* listener: the listening socket when the hook has it, else 0 (the
  * registry's is used); queued: whether the child is already counted in
  * the accept queue. */
-static __always_inline void handshake_done(__u64 child, struct lw_listener_key *k,
+static __always_inline void handshake_done(__u64 child, __u32 hash, struct lw_listener_key *k,
 					   __u64 t_synack, __u64 t_est, __u32 flags,
 					   const struct sock *listener, bool queued)
 {
@@ -20,7 +20,9 @@ static __always_inline void handshake_done(__u64 child, struct lw_listener_key *
 		 * group's first socket is right for a single socket. */
 		if (!listener)
 			listener = (const struct sock *)st->socks[0];
-		if (listener)
+		if (listener && cfg_rdonly_cast)
+			ackq = RDONLY(struct sock, listener)->sk_ack_backlog + (queued ? 0 : 1);
+		else if (listener)
 			ackq = BPF_CORE_READ(listener, sk_ack_backlog) + (queued ? 0 : 1);
 	}
 	struct lw_conn c = {
@@ -30,7 +32,7 @@ static __always_inline void handshake_done(__u64 child, struct lw_listener_key *
 		.ackq = ackq,
 	};
 	c.listener = *k;
-	bpf_map_update_elem(&lw_conns, &child, &c, BPF_ANY);
+	conn_put(child, hash, &c);
 }
 
 /* Tracepoint mode: the child just went SYN_RECV -> ESTABLISHED. No hook
@@ -44,9 +46,16 @@ static __always_inline void child_established(const struct sock *sk)
 	__u64 t_synack = 0;
 	__u32 flags = 0;
 	/* The verifier types sk as struct sock: tcp_sock fields are read
-	 * through the helper. */
-	__u32 retrans = BPF_CORE_READ(tp, total_retrans);
-	__u32 srtt = BPF_CORE_READ(tp, srtt_us);
+	 * through a cast, else the helper. */
+	__u32 retrans, srtt;
+	if (cfg_rdonly_cast) {
+		const struct tcp_sock *t = RDONLY(struct tcp_sock, sk);
+		retrans = t->total_retrans;
+		srtt = t->srtt_us;
+	} else {
+		retrans = BPF_CORE_READ(tp, total_retrans);
+		srtt = BPF_CORE_READ(tp, srtt_us);
+	}
 	if (retrans == 0 && srtt) {
 		__u64 rtt = (__u64)(srtt >> 3) * 1000;
 		if (rtt < now) {
@@ -62,20 +71,19 @@ static __always_inline void child_established(const struct sock *sk)
 	}
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
-	handshake_done((__u64)sk, &k, t_synack, now, flags, NULL, true);
+	handshake_done((__u64)sk, sk->__sk_common.skc_hash, &k, t_synack, now, flags, NULL, true);
 }
 
 /* A child that dies in the accept queue (its listener closed, or the client
  * reset it) is never accepted: its timeline would stay in lw_conns until
- * evicted. Only a child that was never accepted has no struct socket;
+ * evicted (or hold its slot). Only a child that was never accepted has no struct socket;
  * accepted sockets closing (which keep theirs until orphaned) cost one
  * load here. */
 static __always_inline void child_closed(const struct sock *sk)
 {
 	if (sk->sk_socket)
 		return;
-	__u64 key = (__u64)sk;
-	bpf_map_delete_elem(&lw_conns, &key);
+	conn_forget((__u64)sk, sk->__sk_common.skc_hash);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -167,7 +175,8 @@ static __always_inline void syn_recv_done(const struct sock *listener,
 	__u32 flags = snt ? LW_F_SYN_EXACT : LW_F_COOKIE;
 	struct lw_listener_key k;
 	key_from_sk(&k, listener);
-	handshake_done((__u64)child, &k, t_synack, bpf_ktime_get_ns(), flags, listener, false);
+	handshake_done((__u64)child, BPF_CORE_READ(child, __sk_common.skc_hash), &k, t_synack,
+		       bpf_ktime_get_ns(), flags, listener, false);
 }
 
 static __always_inline bool v4_mapped(const struct sk_buff *skb)

@@ -29,7 +29,7 @@ static __always_inline void listener_up(const struct sock *sk)
 	if (regs && LW_SYSCALL_NR(regs) == LW_NR_LISTEN)
 		st->req_backlog = LW_SYSCALL_ARG2(regs);
 	set_owner(st);
-	add_owner(st);
+	add_owner(st, st->pid);
 }
 
 static __always_inline void listener_down(const struct sock *sk)

@@ -17,13 +17,31 @@ struct syn_seen {
 	bool full_same; /* its SYN queue is full and did not grow */
 };
 
-static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *st, const struct sock *sk)
+/* The queue state of a listening socket that syn_on_socket reads. */
+struct sock_queues {
+	__u32 drops; /* sk_drops */
+	__u32 qlen;  /* SYN-queue length */
+	__u32 ackq;  /* accept-queue length */
+	__u32 max;   /* sk_max_ack_backlog */
+};
+
+/* For a socket pointer the verifier knows only as a number (kretprobe). */
+static __always_inline struct sock_queues queues_read(const struct sock *sk)
+{
+	struct sock_queues q = {
+		.drops = BPF_CORE_READ(sk, sk_drops.counter),
+		.qlen = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter),
+		.ackq = BPF_CORE_READ(sk, sk_ack_backlog),
+		.max = BPF_CORE_READ(sk, sk_max_ack_backlog),
+	};
+	return q;
+}
+
+static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *st, const struct sock *sk,
+						     struct sock_queues q)
 {
 	struct syn_seen r = {};
-	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
-	__u32 qlen = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
-	__u32 ackq = BPF_CORE_READ(sk, sk_ack_backlog);
-	__u32 max = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	__u32 drops = q.drops, qlen = q.qlen, ackq = q.ackq, max = q.max;
 	bool fresh;
 	struct lw_sock *s = sock_state((__u64)sk, drops, qlen, &fresh);
 	if (!s || fresh)
@@ -88,7 +106,7 @@ static __always_inline void syn_at_listener(const struct sock *sk, const struct 
 	}
 	__sync_fetch_and_add(&st->syns, 1);
 	group_add(st, (__u64)sk);
-	struct syn_seen r = syn_on_socket(st, sk);
+	struct syn_seen r = syn_on_socket(st, sk, queues_read(sk));
 	syn_records(st, &k, &r, p);
 	syn_cookie(st, r);
 }
@@ -162,8 +180,10 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 	p.family = k.family;
 	p.port = ((__u16)tcp[0] << 8) | tcp[1];
 	k.port = ((__u16)tcp[2] << 8) | tcp[3];
-	struct dst_entry *dst = (void *)(skb->_skb_refdst & ~1UL);
-	k.netns = BPF_CORE_READ(dst, dev, nd_net.net, ns.inum);
+	/* This program loads only on 6.3+ (consume_skb's location): the
+	 * cast is always there. */
+	const struct dst_entry *dst = RDONLY(struct dst_entry, skb->_skb_refdst & ~1UL);
+	k.netns = dst->dev->nd_net.net->ns.inum;
 	struct lw_listener_stats *st = find_listener(&k);
 	if (!st) {
 		count(LW_C_UNATTRIBUTED_SYN);
@@ -177,7 +197,18 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 		const struct sock *sk = (const struct sock *)st->socks[i];
 		if (!sk)
 			continue;
-		struct syn_seen r = syn_on_socket(st, sk);
+		/* A socket address from a map is a number to the verifier: cast
+		 * (free, inlined) so its fields are plain loads, not a helper
+		 * call each. */
+		const struct inet_connection_sock *icsk = RDONLY(struct inet_connection_sock, sk);
+		const struct sock *bsk = &icsk->icsk_inet.sk;
+		struct sock_queues q = {
+			.drops = bsk->sk_drops.counter,
+			.qlen = icsk->icsk_accept_queue.qlen.counter,
+			.ackq = bsk->sk_ack_backlog,
+			.max = bsk->sk_max_ack_backlog,
+		};
+		struct syn_seen r = syn_on_socket(st, sk, q);
 		for (int j = 0; j < LW_DROP_MAX; j++)
 			all.n[j] += r.n[j];
 		if (r.dropped)
