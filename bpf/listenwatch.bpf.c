@@ -39,13 +39,14 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 #define AF_INET 2
 #define AF_INET6 10
 #define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
 #define IPPROTO_MPTCP 262
 
 /* Set by the loader through spec.Variables before load. */
 volatile const __u64 cfg_rsp_lo = 0;        /* tcp_rcv_state_process start */
 volatile const __u64 cfg_rsp_hi = 0;        /* and end (next symbol) */
-volatile const __u64 cfg_wakeup_bytes = 0;  /* wake the reader past this backlog */
+volatile const __u32 cfg_wakeup_records = 1; /* wake the reader after this many records from one CPU */
 volatile const bool cfg_tp_handshake = false; /* handshake stage via inet_sock_set_state */
 volatile const bool cfg_tp_accept = false;    /* accept stage via sys_exit_accept (else errors only) */
 volatile const bool cfg_kfree_drops = false;  /* ACK-time overflows seen by lw_tp_kfree */
@@ -97,6 +98,14 @@ struct {
 	__type(key, __u64);
 	__type(value, struct lw_sock);
 } lw_socks SEC(".maps");
+
+/* Records this CPU sent since it last woke the reader (see submit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} lw_unwoken SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

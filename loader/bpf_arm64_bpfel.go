@@ -169,6 +169,7 @@ const (
 	bpfMapLwKpArgs            = "lw_kp_args"
 	bpfMapLwListeners         = "lw_listeners"
 	bpfMapLwSocks             = "lw_socks"
+	bpfMapLwUnwoken           = "lw_unwoken"
 	bpfProgLwFexitAccept      = "lw_fexit_accept"
 	bpfProgLwFexitConnRequest = "lw_fexit_conn_request"
 	bpfProgLwFexitSynRecv4    = "lw_fexit_syn_recv4"
@@ -195,7 +196,7 @@ const (
 	bpfVarCfgSlotBits         = "cfg_slot_bits"
 	bpfVarCfgTpAccept         = "cfg_tp_accept"
 	bpfVarCfgTpHandshake      = "cfg_tp_handshake"
-	bpfVarCfgWakeupBytes      = "cfg_wakeup_bytes"
+	bpfVarCfgWakeupRecords    = "cfg_wakeup_records"
 	bpfVarUnusedAerr          = "unused_aerr"
 	bpfVarUnusedCounter       = "unused_counter"
 	bpfVarUnusedDrop          = "unused_drop"
@@ -279,27 +280,28 @@ type bpfMapSpecs struct {
 	LwKpArgs    *ebpf.MapSpec `ebpf:"lw_kp_args"`
 	LwListeners *ebpf.MapSpec `ebpf:"lw_listeners"`
 	LwSocks     *ebpf.MapSpec `ebpf:"lw_socks"`
+	LwUnwoken   *ebpf.MapSpec `ebpf:"lw_unwoken"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	CfgKfreeDrops  *ebpf.VariableSpec `ebpf:"cfg_kfree_drops"`
-	CfgRdonlyCast  *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
-	CfgRspHi       *ebpf.VariableSpec `ebpf:"cfg_rsp_hi"`
-	CfgRspLo       *ebpf.VariableSpec `ebpf:"cfg_rsp_lo"`
-	CfgSlotBits    *ebpf.VariableSpec `ebpf:"cfg_slot_bits"`
-	CfgTpAccept    *ebpf.VariableSpec `ebpf:"cfg_tp_accept"`
-	CfgTpHandshake *ebpf.VariableSpec `ebpf:"cfg_tp_handshake"`
-	CfgWakeupBytes *ebpf.VariableSpec `ebpf:"cfg_wakeup_bytes"`
-	UnusedAerr     *ebpf.VariableSpec `ebpf:"unused_aerr"`
-	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
-	UnusedFlag     *ebpf.VariableSpec `ebpf:"unused_flag"`
-	UnusedKind     *ebpf.VariableSpec `ebpf:"unused_kind"`
-	UnusedLimits   *ebpf.VariableSpec `ebpf:"unused_limits"`
-	UnusedSeed     *ebpf.VariableSpec `ebpf:"unused_seed"`
+	CfgKfreeDrops    *ebpf.VariableSpec `ebpf:"cfg_kfree_drops"`
+	CfgRdonlyCast    *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
+	CfgRspHi         *ebpf.VariableSpec `ebpf:"cfg_rsp_hi"`
+	CfgRspLo         *ebpf.VariableSpec `ebpf:"cfg_rsp_lo"`
+	CfgSlotBits      *ebpf.VariableSpec `ebpf:"cfg_slot_bits"`
+	CfgTpAccept      *ebpf.VariableSpec `ebpf:"cfg_tp_accept"`
+	CfgTpHandshake   *ebpf.VariableSpec `ebpf:"cfg_tp_handshake"`
+	CfgWakeupRecords *ebpf.VariableSpec `ebpf:"cfg_wakeup_records"`
+	UnusedAerr       *ebpf.VariableSpec `ebpf:"unused_aerr"`
+	UnusedCounter    *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDrop       *ebpf.VariableSpec `ebpf:"unused_drop"`
+	UnusedFlag       *ebpf.VariableSpec `ebpf:"unused_flag"`
+	UnusedKind       *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimits     *ebpf.VariableSpec `ebpf:"unused_limits"`
+	UnusedSeed       *ebpf.VariableSpec `ebpf:"unused_seed"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -329,6 +331,7 @@ type bpfMaps struct {
 	LwKpArgs    *ebpf.Map `ebpf:"lw_kp_args"`
 	LwListeners *ebpf.Map `ebpf:"lw_listeners"`
 	LwSocks     *ebpf.Map `ebpf:"lw_socks"`
+	LwUnwoken   *ebpf.Map `ebpf:"lw_unwoken"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -340,6 +343,7 @@ func (m *bpfMaps) Close() error {
 		m.LwKpArgs,
 		m.LwListeners,
 		m.LwSocks,
+		m.LwUnwoken,
 	)
 }
 
@@ -347,21 +351,21 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	CfgKfreeDrops  *ebpf.Variable `ebpf:"cfg_kfree_drops"`
-	CfgRdonlyCast  *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
-	CfgRspHi       *ebpf.Variable `ebpf:"cfg_rsp_hi"`
-	CfgRspLo       *ebpf.Variable `ebpf:"cfg_rsp_lo"`
-	CfgSlotBits    *ebpf.Variable `ebpf:"cfg_slot_bits"`
-	CfgTpAccept    *ebpf.Variable `ebpf:"cfg_tp_accept"`
-	CfgTpHandshake *ebpf.Variable `ebpf:"cfg_tp_handshake"`
-	CfgWakeupBytes *ebpf.Variable `ebpf:"cfg_wakeup_bytes"`
-	UnusedAerr     *ebpf.Variable `ebpf:"unused_aerr"`
-	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
-	UnusedFlag     *ebpf.Variable `ebpf:"unused_flag"`
-	UnusedKind     *ebpf.Variable `ebpf:"unused_kind"`
-	UnusedLimits   *ebpf.Variable `ebpf:"unused_limits"`
-	UnusedSeed     *ebpf.Variable `ebpf:"unused_seed"`
+	CfgKfreeDrops    *ebpf.Variable `ebpf:"cfg_kfree_drops"`
+	CfgRdonlyCast    *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
+	CfgRspHi         *ebpf.Variable `ebpf:"cfg_rsp_hi"`
+	CfgRspLo         *ebpf.Variable `ebpf:"cfg_rsp_lo"`
+	CfgSlotBits      *ebpf.Variable `ebpf:"cfg_slot_bits"`
+	CfgTpAccept      *ebpf.Variable `ebpf:"cfg_tp_accept"`
+	CfgTpHandshake   *ebpf.Variable `ebpf:"cfg_tp_handshake"`
+	CfgWakeupRecords *ebpf.Variable `ebpf:"cfg_wakeup_records"`
+	UnusedAerr       *ebpf.Variable `ebpf:"unused_aerr"`
+	UnusedCounter    *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDrop       *ebpf.Variable `ebpf:"unused_drop"`
+	UnusedFlag       *ebpf.Variable `ebpf:"unused_flag"`
+	UnusedKind       *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimits     *ebpf.Variable `ebpf:"unused_limits"`
+	UnusedSeed       *ebpf.Variable `ebpf:"unused_seed"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

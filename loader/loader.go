@@ -4,6 +4,7 @@
 package loader
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -59,8 +60,17 @@ const socketsPerListener = 4
 // waits in it) goes to lw_conns, the LRU of --conn-table-size entries.
 const joinSlotBits = 8
 
+// wakeupRecords is how many records one CPU sends before it wakes the
+// reader: all CPUs together then wake it before wakeupBytes of records
+// wait in the ring (a record takes its size and an 8-byte header).
+func wakeupRecords(wakeupBytes uint32, cpus int) uint32 {
+	per := uint64(binary.Size(bpfLwEvent{}) + 8)
+	n := uint64(wakeupBytes) / per / uint64(max(cpus, 1))
+	return uint32(max(n, 1))
+}
+
 // sharedMaps are created once and handed to every program.
-var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwSocks, bpfMapLwConns, bpfMapLwConnSlots, bpfMapLwCounters, bpfMapLwKpArgs}
+var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwSocks, bpfMapLwConns, bpfMapLwConnSlots, bpfMapLwCounters, bpfMapLwKpArgs, bpfMapLwUnwoken}
 
 // Open loads and attaches listenwatch. Stages that cannot attach in auto
 // mode are logged and reported by Hooks; in a forced mode they are an error.
@@ -92,7 +102,11 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 	spec.Maps[bpfMapLwListeners].MaxEntries = cfg.ListenerTableSize
 	// Listening sockets: a few per listener (SO_REUSEPORT groups).
 	spec.Maps[bpfMapLwSocks].MaxEntries = socketsPerListener * cfg.ListenerTableSize
-	if err := spec.Variables[bpfVarCfgWakeupBytes].Set(uint64(cfg.WakeupBytes)); err != nil {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count CPUs: %w", err)
+	}
+	if err := spec.Variables[bpfVarCfgWakeupRecords].Set(wakeupRecords(cfg.WakeupBytes, cpus)); err != nil {
 		return nil, err
 	}
 

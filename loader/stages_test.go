@@ -101,3 +101,20 @@ func TestStageDefsComplete(t *testing.T) {
 		}
 	}
 }
+
+func TestWakeupRecords(t *testing.T) {
+	for _, c := range []struct {
+		bytes uint32
+		cpus  int
+		want  uint32
+	}{
+		{262144, 2, 262144 / 96 / 2}, // the default: a quarter of 1 MiB
+		{262144, 1, 262144 / 96},
+		{4096, 64, 1}, // a tiny ring on a big machine: every record wakes
+		{100, 0, 1},
+	} {
+		if got := wakeupRecords(c.bytes, c.cpus); got != c.want {
+			t.Errorf("wakeupRecords(%d, %d) = %d, want %d", c.bytes, c.cpus, got, c.want)
+		}
+	}
+}

@@ -86,7 +86,14 @@ static __always_inline const struct sock *sock_of_fd(long fd)
 		return NULL;
 	struct file **fds = fdt->fd;
 	struct file *f = NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (cfg_rdonly_cast) {
+		/* The verifier allows no variable index into the fd array: its
+		 * slot is read as a struct that is exactly one pointer (a plain
+		 * load, where the helper costs ~150 ns here). */
+		f = (struct file *)RDONLY(struct llist_node, &fds[fd])->next;
+	} else {
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	}
 	if (!f)
 		return NULL;
 	const struct sock *sk;

@@ -149,39 +149,45 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 	if ((__u64)location < cfg_rsp_lo || (__u64)location >= cfg_rsp_hi)
 		return 0;
 
+	/* This program loads only on 6.3+ (consume_skb's location): the
+	 * typed casts are always there. The headers are read through them:
+	 * plain loads, not a helper call. */
 	unsigned char *head = skb->head;
 	__u16 nh = skb->network_header;
 	__u16 th = skb->transport_header;
-	/* IPv4 header without options or the IPv6 header, then the TCP ports
-	 * and flags, in one read. */
-	__u8 h[40 + 14];
+	__u16 proto = skb->protocol;
 	__u32 off = (__u16)(th - nh);
-	if (off != 20 && off != 40)
-		return 0; /* IP options or IPv6 extension headers: not a plain SYN */
-	if (bpf_probe_read_kernel(h, sizeof(h), head + nh))
+	/* IP options or IPv6 extension headers: not a plain SYN. */
+	bool v4 = proto == bpf_htons(ETH_P_IP) && off == 20;
+	if (!v4 && !(proto == bpf_htons(ETH_P_IPV6) && off == 40))
 		return 0;
-	const __u8 *tcp = off == 20 ? &h[20] : &h[40];
-	if ((tcp[13] & 0x12) != 0x02) /* SYN without ACK */
+	const union tcp_word_hdr *tcp = RDONLY(union tcp_word_hdr, head + th);
+	/* The fourth word: data offset, flags, window. SYN without ACK. */
+	if (((bpf_ntohl(tcp->words[3]) >> 16) & 0x12) != 0x02)
 		return 0;
 
 	struct lw_listener_key k = {};
 	struct lw_peer p = {};
-	if ((h[0] >> 4) == 4 && off == 20) {
+	if (v4) {
+		const struct iphdr *ip = RDONLY(struct iphdr, head + nh);
+		__u32 d = ip->daddr, sa = ip->saddr;
 		k.family = AF_INET;
-		__builtin_memcpy(k.addr, &h[16], 4); /* daddr */
-		__builtin_memcpy(p.addr, &h[12], 4); /* saddr */
-	} else if ((h[0] >> 4) == 6 && off == 40) {
-		k.family = AF_INET6;
-		__builtin_memcpy(k.addr, &h[24], 16);
-		__builtin_memcpy(p.addr, &h[8], 16);
+		__builtin_memcpy(k.addr, &d, 4);
+		__builtin_memcpy(p.addr, &sa, 4);
 	} else {
-		return 0;
+		const struct ipv6hdr *ip6 = RDONLY(struct ipv6hdr, head + nh);
+		__u32 d[4], sa[4];
+		for (int i = 0; i < 4; i++) {
+			d[i] = ip6->daddr.in6_u.u6_addr32[i];
+			sa[i] = ip6->saddr.in6_u.u6_addr32[i];
+		}
+		k.family = AF_INET6;
+		__builtin_memcpy(k.addr, d, 16);
+		__builtin_memcpy(p.addr, sa, 16);
 	}
 	p.family = k.family;
-	p.port = ((__u16)tcp[0] << 8) | tcp[1];
-	k.port = ((__u16)tcp[2] << 8) | tcp[3];
-	/* This program loads only on 6.3+ (consume_skb's location): the
-	 * cast is always there. */
+	p.port = bpf_ntohs(tcp->hdr.source);
+	k.port = bpf_ntohs(tcp->hdr.dest);
 	const struct dst_entry *dst = RDONLY(struct dst_entry, skb->_skb_refdst & ~1UL);
 	k.netns = dst->dev->nd_net.net->ns.inum;
 	struct lw_listener_stats *st = find_listener(&k);
