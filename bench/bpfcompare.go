@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 )
 
 var (
@@ -33,16 +32,11 @@ func runBPFCompare() error {
 			return fmt.Errorf("agent binary: %w", err)
 		}
 	}
-	ns, cleanup, err := setupNetns()
+	ns, srv, cleanup, err := stormSetup()
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	srv, err := startServer(ns, "10.77.0.1:8080")
-	if err != nil {
-		return err
-	}
-	storm(ns, srv, time.Second) // warm-up
 	restore, err := enableBPFStats()
 	if err != nil {
 		return err

@@ -113,22 +113,15 @@ func run() error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (BPF, network namespaces)")
 	}
-	ns, cleanup, err := setupNetns()
+	ns, srv, cleanup, err := stormSetup()
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	srv, err := startServer(ns, "10.77.0.1:8080")
-	if err != nil {
-		return err
-	}
 	var u unix.Utsname
 	unix.Uname(&u)
 	res := result{Kernel: unix.ByteSliceToString(u.Release[:]), Cores: runtime.NumCPU(),
 		RoundSeconds: roundDur.Seconds(), Clients: *clients}
-
-	// Warm-up: first connections pay for page faults and route caches.
-	storm(ns, srv, time.Second)
 
 	// Throughput pairs, A B then B A (A: without the agent), so that a
 	// drift of the machine over the run does not favour either side.
@@ -244,6 +237,22 @@ func median(v []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// stormSetup makes the namespaces, starts the server in them and warms
+// up (first connections pay for page faults and route caches).
+func stormSetup() (*netnstest.NS, *server, func(), error) {
+	ns, cleanup, err := setupNetns()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srv, err := startServer(ns, "10.77.0.1:8080")
+	if err != nil {
+		cleanup()
+		return nil, nil, nil, err
+	}
+	storm(ns, srv, time.Second)
+	return ns, srv, cleanup, nil
 }
 
 // setupNetns makes the bench namespace (10.77.0.1, the server) and a peer
