@@ -98,6 +98,9 @@ func main() {
 	flag.Parse()
 	do := run
 	switch {
+	case *scaleMode && *bpfBaseline != "":
+		fmt.Fprintln(os.Stderr, "bench: -scale and -bpf-baseline are two different benches: give one")
+		os.Exit(2)
 	case *scaleMode:
 		do = runScale
 	case *bpfBaseline != "":

@@ -50,7 +50,6 @@ volatile const __u32 cfg_wakeup_records = 1; /* wake the reader after this many 
 volatile const bool cfg_tp_handshake = false; /* handshake stage via inet_sock_set_state */
 volatile const bool cfg_tp_accept = false;    /* accept stage via sys_exit_accept (else errors only) */
 volatile const bool cfg_kfree_drops = false;  /* ACK-time overflows seen by lw_tp_kfree */
-volatile const __u32 cfg_slot_bits = 8;      /* lw_conn_slots has 1 << cfg_slot_bits entries */
 /* Set where the kernel has bpf_rdonly_cast for the program being loaded;
  * the loader retries without it when the verifier refuses. */
 volatile const bool cfg_rdonly_cast = false;
@@ -76,7 +75,7 @@ struct {
  * LRU hash keyed by the child's address (~0.6 us per insert here). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 256); /* 1 << cfg_slot_bits, set by the loader */
+	__uint(max_entries, LW_CONN_SLOTS);
 	__type(key, __u32);
 	__type(value, struct lw_conn_slot);
 } lw_conn_slots SEC(".maps");

@@ -37,6 +37,12 @@ enum lw_limits {
 	/* Drop records per listener per second (about: CPUs racing at a
 	 * second's edge may add a few); the rest are counted, not sent. */
 	LW_DROP_EVENTS_PER_SEC = 100,
+	/* Slots of the join's fast level (lw_conn_slots), a power of two:
+	 * 256 cache lines, 16 KiB, which the kernel allocates from its
+	 * direct map (up to 32 KiB), so that a slot costs no TLB miss. A
+	 * one-off experiment measured 3,650 ns of BPF time per connection
+	 * with 256 slots against 4,200 with 32,768 (2 MiB, vmalloc'd). */
+	LW_CONN_SLOTS = 256,
 };
 
 /* What a ring-buffer record is. */

@@ -107,6 +107,7 @@ const (
 	bpfLwLimitsLW_GROUP_MAX           bpfLwLimits = 8
 	bpfLwLimitsLW_OWNERS_MAX          bpfLwLimits = 4
 	bpfLwLimitsLW_DROP_EVENTS_PER_SEC bpfLwLimits = 100
+	bpfLwLimitsLW_CONN_SLOTS          bpfLwLimits = 256
 )
 
 type bpfLwListenerKey struct {
@@ -193,7 +194,6 @@ const (
 	bpfVarCfgRdonlyCast       = "cfg_rdonly_cast"
 	bpfVarCfgRspHi            = "cfg_rsp_hi"
 	bpfVarCfgRspLo            = "cfg_rsp_lo"
-	bpfVarCfgSlotBits         = "cfg_slot_bits"
 	bpfVarCfgTpAccept         = "cfg_tp_accept"
 	bpfVarCfgTpHandshake      = "cfg_tp_handshake"
 	bpfVarCfgWakeupRecords    = "cfg_wakeup_records"
@@ -291,7 +291,6 @@ type bpfVariableSpecs struct {
 	CfgRdonlyCast    *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
 	CfgRspHi         *ebpf.VariableSpec `ebpf:"cfg_rsp_hi"`
 	CfgRspLo         *ebpf.VariableSpec `ebpf:"cfg_rsp_lo"`
-	CfgSlotBits      *ebpf.VariableSpec `ebpf:"cfg_slot_bits"`
 	CfgTpAccept      *ebpf.VariableSpec `ebpf:"cfg_tp_accept"`
 	CfgTpHandshake   *ebpf.VariableSpec `ebpf:"cfg_tp_handshake"`
 	CfgWakeupRecords *ebpf.VariableSpec `ebpf:"cfg_wakeup_records"`
@@ -355,7 +354,6 @@ type bpfVariables struct {
 	CfgRdonlyCast    *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
 	CfgRspHi         *ebpf.Variable `ebpf:"cfg_rsp_hi"`
 	CfgRspLo         *ebpf.Variable `ebpf:"cfg_rsp_lo"`
-	CfgSlotBits      *ebpf.Variable `ebpf:"cfg_slot_bits"`
 	CfgTpAccept      *ebpf.Variable `ebpf:"cfg_tp_accept"`
 	CfgTpHandshake   *ebpf.Variable `ebpf:"cfg_tp_handshake"`
 	CfgWakeupRecords *ebpf.Variable `ebpf:"cfg_wakeup_records"`

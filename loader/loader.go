@@ -51,15 +51,6 @@ type Tracer struct {
 // socketsPerListener sizes the per-socket table from the listener table.
 const socketsPerListener = 4
 
-// joinSlotBits sizes the join's fast level (lw_conn_slots): 256 slots of
-// one cache line, 16 KiB, which the kernel allocates from its direct map
-// (up to 32 KiB), so that a slot costs no TLB miss. Measured side by side
-// in one run (go run ./bench -pairs 0 -cost-pairs 0 -flood 0, 3 pairs):
-// BPF time per connection 3,650 ns with 256 slots, 4,200 ns with 32,768
-// (2 MiB of vmalloc'd pages). A child whose slot is taken (another child
-// waits in it) goes to lw_conns, the LRU of --conn-table-size entries.
-const joinSlotBits = 8
-
 // wakeupRecords is how many records one CPU sends before it wakes the
 // reader: all CPUs together then wake it before wakeupBytes of records
 // wait in the ring (a record takes its size and an 8-byte header).
@@ -95,10 +86,6 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 	}
 	spec.Maps[bpfMapLwEvents].MaxEntries = cfg.RingbufSize
 	spec.Maps[bpfMapLwConns].MaxEntries = cfg.ConnTableSize
-	spec.Maps[bpfMapLwConnSlots].MaxEntries = 1 << joinSlotBits
-	if err := spec.Variables[bpfVarCfgSlotBits].Set(uint32(joinSlotBits)); err != nil {
-		return nil, err
-	}
 	spec.Maps[bpfMapLwListeners].MaxEntries = cfg.ListenerTableSize
 	// Listening sockets: a few per listener (SO_REUSEPORT groups).
 	spec.Maps[bpfMapLwSocks].MaxEntries = socketsPerListener * cfg.ListenerTableSize

@@ -175,8 +175,8 @@ func (t *Tracer) PendingByNetns() (map[uint32]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read connection table: %w", err)
 	}
-	// A slot is taken while its sk is set (a program busy with it has
-	// bit 0 set too: it is being written or taken, counted as held).
+	// A slot is held while its sk is set (one being written or taken
+	// at this instant counts as held).
 	err = readMap(t.maps[bpfMapLwConnSlots], func(_ *uint32, v *bpfLwConnSlot) {
 		if v.Sk != 0 {
 			out[v.Conn.Listener.Netns]++

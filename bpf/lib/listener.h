@@ -51,7 +51,7 @@ static __always_inline void key_from_btf_sk(struct lw_listener_key *k, const str
  * that finds the slot locked takes the slow path: the LRU. */
 static __always_inline struct lw_conn_slot *slot_of(__u32 hash)
 {
-	__u32 idx = hash & ((1U << cfg_slot_bits) - 1);
+	__u32 idx = hash & (LW_CONN_SLOTS - 1);
 	return bpf_map_lookup_elem(&lw_conn_slots, &idx);
 }
 
