@@ -85,7 +85,8 @@ vet:
 	GOARCH=arm64 $(GO) build ./... && GOARCH=arm64 $(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 
-# Rebuilds the BPF object and its Go bindings (bpf2go, clang-16).
+# Rebuilds the BPF object and its Go bindings (bpf2go, clang-16, run by
+# scripts/bpf2go.sh at a fixed path so that any checkout gets the same bytes).
 generate:
 	$(GO) generate ./loader/
 
