@@ -50,25 +50,26 @@ type progCost struct {
 }
 
 type result struct {
-	Kernel           string     `json:"kernel"`
-	Cores            int        `json:"cores"`
-	RoundSeconds     float64    `json:"round_seconds"`
-	Clients          int        `json:"clients"`
-	Modes            string     `json:"hook_modes"`
-	Pairs            []pair     `json:"pairs"`
-	MedianCI         [2]float64 `json:"median_ratio_ci95"`
-	CostRate         float64    `json:"cost_offered_conn_per_s"`
-	CostPairs        []costPair `json:"cost_pairs"`
-	CostRatio        float64    `json:"cost_ratio_median"`
-	CostCI           [2]float64 `json:"cost_ratio_ci95"`
-	MedianRatio      float64    `json:"median_ratio"`
-	BPF              []progCost `json:"bpf"`
-	BPFNsPerConn     float64    `json:"bpf_ns_per_conn"`
-	CPUPer100k       float64    `json:"agent_cpu_seconds_per_100k_conn"`
-	CPUPctPer10kRate float64    `json:"agent_cpu_percent_per_10k_conn_per_s"`
-	PeakRSSMiB       float64    `json:"agent_peak_rss_mib"`
-	StormLost        float64    `json:"storm_ringbuf_lost"`
-	Flood            *flood     `json:"syn_flood,omitempty"`
+	Kernel           string      `json:"kernel"`
+	Cores            int         `json:"cores"`
+	RoundSeconds     float64     `json:"round_seconds"`
+	Clients          int         `json:"clients"`
+	Modes            string      `json:"hook_modes"`
+	Pairs            []pair      `json:"pairs"`
+	MedianCI         [2]float64  `json:"median_ratio_ci95"`
+	CostRate         float64     `json:"cost_offered_conn_per_s"`
+	CostPairs        []costPair  `json:"cost_pairs"`
+	CostRatio        float64     `json:"cost_ratio_median"`
+	CostCI           [2]float64  `json:"cost_ratio_ci95"`
+	MedianRatio      float64     `json:"median_ratio"`
+	BPF              []progCost  `json:"bpf"`
+	BPFNsPerConn     float64     `json:"bpf_ns_per_conn"`
+	CPUPer100k       float64     `json:"agent_cpu_seconds_per_100k_conn"`
+	CPUPctPer10kRate float64     `json:"agent_cpu_percent_per_10k_conn_per_s"`
+	PeakRSSMiB       float64     `json:"agent_peak_rss_mib"`
+	StormLost        float64     `json:"storm_ringbuf_lost"`
+	Flood            *flood      `json:"syn_flood,omitempty"`
+	Syscall          *syscallTax `json:"syscall_tax,omitempty"`
 }
 
 type flood struct {
@@ -216,6 +217,13 @@ func run() error {
 	// throughput pairs above do not pay for the accounting.
 	if err := bpfCost(ns, srv, &res); err != nil {
 		return err
+	}
+	if *syscallPairs > 0 {
+		t, err := runSyscallTax()
+		if err != nil {
+			return err
+		}
+		res.Syscall = t
 	}
 	if *floodDur > 0 {
 		f, err := synFlood(ns, srv)
@@ -365,11 +373,12 @@ type agent struct {
 func startAgent() (*agent, error) { return startAgentBin(*agentBin) }
 
 // startAgentBin starts the agent binary bin with the bench's flags.
-func startAgentBin(bin string) (*agent, error) {
+func startAgentBin(bin string, extra ...string) (*agent, error) {
 	args := []string{"run", "--metrics-addr", metricsAddr, "--log-format", "json"}
 	if *agentFlags != "" {
 		args = append(args, strings.Fields(*agentFlags)...)
 	}
+	args = append(args, extra...)
 	cmd := exec.Command(bin, args...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
@@ -717,6 +726,9 @@ func printTable(w io.Writer, r *result) {
 			f.Seconds, f.SYNsSeen, f.RSSStartMiB, f.RSSEndMiB, f.CPUPercent, f.Lost, f.Scrapes, f.ScrapesFailed)
 	}
 	fmt.Fprintln(w)
+	if r.Syscall != nil {
+		printSyscallTax(w, r.Syscall)
+	}
 }
 
 func mapValues(m map[string]*dtoFamily) []*dtoFamily {
