@@ -97,6 +97,10 @@ const metricsAddr = "127.0.0.1:19810"
 
 func main() {
 	flag.Parse()
+	if *syscallProbeN > 0 {
+		fmt.Printf("%.2f\n", nsPerSyscall(*syscallProbeN))
+		return
+	}
 	do := run
 	switch {
 	case *scaleMode && *bpfBaseline != "":

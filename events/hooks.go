@@ -80,6 +80,9 @@ type Hook struct {
 	Mode     Mode     // ModeNone when not attached
 	Programs []string // BPF programs attached for it
 	Err      error    // why it is not attached, or why better modes were not used
+	// NodeCost is what this mode costs beyond its programs' own run time,
+	// paid by every task on the node (empty: nothing measurable).
+	NodeCost string
 }
 
 // ProgramStats is the kernel's accounting of one attached program.

@@ -55,7 +55,10 @@ func TestDoctorCommand(t *testing.T) {
 		t.Fatalf("doctor on the capped and leaky namespaces: exit %d, want 1\n%s%s", code, out, stderr)
 	}
 	var rep struct {
-		Stages     []struct{ Stage, Mode string }
+		Stages []struct {
+			Stage, Mode string
+			NodeCost    string `json:"node_cost"`
+		}
 		Namespaces []struct {
 			Netns     uint32
 			Somaxconn int64
@@ -86,6 +89,16 @@ func TestDoctorCommand(t *testing.T) {
 	if len(rep.Stages) == 0 || len(rep.Namespaces) != 2 {
 		t.Errorf("report lacks stages or namespaces: %s", out)
 	}
+	// A syscall tracepoint slows every syscall on the node: the report
+	// says so for the accept stage in tracepoint mode, and only then.
+	acceptTP := false
+	for _, s := range rep.Stages {
+		syscalls := s.Stage == "accept" && s.Mode == "tracepoint"
+		acceptTP = acceptTP || syscalls
+		if syscalls != strings.Contains(s.NodeCost, "every syscall") {
+			t.Errorf("stage %s in %s mode: node_cost %q", s.Stage, s.Mode, s.NodeCost)
+		}
+	}
 	for _, n := range rep.Namespaces {
 		if n.Netns == capped.Inode && n.Somaxconn != 16 {
 			t.Errorf("netns %d: somaxconn %d, want 16 (read inside the namespace)", n.Netns, n.Somaxconn)
@@ -95,6 +108,9 @@ func TestDoctorCommand(t *testing.T) {
 	code, out, stderr = run("--netns", healthy.Name)
 	if code != 0 || !strings.Contains(out, "nothing at risk") {
 		t.Errorf("doctor on a healthy namespace: exit %d, want 0\n%s%s", code, out, stderr)
+	}
+	if acceptTP != strings.Contains(out, "cost of accept in tracepoint mode: every syscall") {
+		t.Errorf("accept in tracepoint mode: %v, but the text report says:\n%s", acceptTP, out)
 	}
 	code, _, stderr = run("--netns", "no-such-namespace")
 	if code != 2 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {

@@ -134,6 +134,9 @@ func Open(cfg Config, log zerolog.Logger) (_ *Tracer, err error) {
 			ev, msg = log.WithLevel(level), "stage NOT attached: its metrics stay empty"
 		}
 		ev = ev.Str("stage", string(d.stage)).Str("mode", string(h.Mode)).Strs("programs", h.Programs)
+		if h.NodeCost != "" {
+			ev = ev.Str("node_cost", h.NodeCost)
+		}
 		if h.Err != nil && h.Mode == events.ModeNone {
 			ev = ev.AnErr("reason", h.Err)
 		} else if h.Err != nil {
@@ -189,7 +192,7 @@ func (t *Tracer) attachStage(d stageDef) events.Hook {
 			tried = append(tried, explain(c.mode, err, t.host))
 			continue
 		}
-		h.Mode, h.Programs = c.mode, progs
+		h.Mode, h.Programs, h.NodeCost = c.mode, progs, c.nodeCost
 		break
 	}
 	if len(tried) > 0 {

@@ -37,6 +37,8 @@ type probe struct {
 type candidate struct {
 	mode   events.Mode
 	probes []probe
+	// nodeCost: see events.Hook.NodeCost.
+	nodeCost string
 	// prepare sets the variables a mode needs before its programs load.
 	prepare func(*ebpf.CollectionSpec, procfs.FS) error
 }
@@ -56,6 +58,12 @@ func kretprobe(sym string) func(*ebpf.Program) (link.Link, error) {
 func tracepoint(group, name string) func(*ebpf.Program) (link.Link, error) {
 	return func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint(group, name, p, nil) }
 }
+
+// acceptSyscallsCost: a program on a syscall tracepoint makes the kernel
+// set SYSCALL_WORK_SYSCALL_TRACEPOINT on every thread (syscall_regfunc), so
+// every syscall of every task takes the slow entry and exit path while it
+// is attached, not only accept. Measured by `make bench` (syscall tax).
+const acceptSyscallsCost = "every syscall of every task takes the kernel's slow syscall path while a syscall tracepoint is attached (measured on the 6.18 test VM: getppid 191 -> 254 ns; README, Performance); --disable-stage accept,accept_errors avoids it"
 
 // acceptSyscalls see accept(2) and accept4(2) return: failures always,
 // accepted connections when cfg_tp_accept is set.
@@ -112,7 +120,7 @@ var stageDefs = []stageDef{
 			}},
 			// The same syscall programs as accept_errors, with the
 			// accepted-connection path switched on.
-			{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, true)},
+			{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, true), nodeCost: acceptSyscallsCost},
 		},
 	},
 	{
@@ -123,7 +131,7 @@ var stageDefs = []stageDef{
 			return events.StageAccept, modeOf(events.StageAccept) == events.ModeTracepoint
 		},
 		auxiliary:  true,
-		candidates: []candidate{{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, false)}},
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, false), nodeCost: acceptSyscallsCost}},
 	},
 	{
 		stage:      events.StageDrops,

@@ -58,6 +58,8 @@ type doctorStage struct {
 	Stage  string `json:"stage"`
 	Mode   string `json:"mode"`
 	Reason string `json:"reason,omitempty"` // why not a better mode, or why none
+	// NodeCost: what the mode costs every task on the node, when notable.
+	NodeCost string `json:"node_cost,omitempty"`
 }
 
 type doctorNetns struct {
@@ -166,7 +168,7 @@ func doctorCheck(proc procfs.FS, only map[uint32]bool, cri string) (doctorReport
 	}
 	defer tracer.Close()
 	for _, h := range tracer.Hooks() {
-		st := doctorStage{Stage: string(h.Stage), Mode: string(h.Mode)}
+		st := doctorStage{Stage: string(h.Stage), Mode: string(h.Mode), NodeCost: h.NodeCost}
 		if h.Err != nil {
 			st.Reason = h.Err.Error()
 		}
@@ -236,6 +238,11 @@ func printDoctor(w io.Writer, rep doctorReport) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s.Stage, s.Mode, s.Reason)
 	}
 	tw.Flush()
+	for _, s := range rep.Stages {
+		if s.NodeCost != "" {
+			fmt.Fprintf(w, "  cost of %s in %s mode: %s\n", s.Stage, s.Mode, s.NodeCost)
+		}
+	}
 	fmt.Fprintf(w, "\nnetwork namespaces with listeners:\n")
 	tw = tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "  NETNS\tLISTENERS\tsomaxconn\ttcp_max_syn_backlog\ttcp_syncookies\ttcp_abort_on_overflow")
