@@ -117,9 +117,9 @@ func runSyscallTax() (*syscallTax, error) {
 			ns, err := syscallProbe(*syscallCalls)
 			if ag != nil {
 				ag.stop()
-				// The syscall slow path outlives the agent for a moment
-				// (seen: a "no agent" round right after an agent round
-				// read the agent's figure): not the next round's to pay.
+				// As after the fixed-load rounds: the kernel tears the
+				// agent's programs down after it exits (RCU, kworkers),
+				// not the next round's to pay.
 				time.Sleep(2 * time.Second)
 			}
 			if err != nil {
