@@ -41,6 +41,16 @@ import (
 // stage, and auto must attach every stage.
 func TestHookModes(t *testing.T) {
 	t.Logf("kernel modes: %s", stagesString())
+	// Only a syscall tracepoint slows every syscall on the node, and the
+	// hook that attached one says so (fentry and kprobe modes hook
+	// inet_csk_accept and __sys_accept4 instead).
+	for _, h := range tracer.Hooks() {
+		syscalls := h.Mode == events.ModeTracepoint && len(h.Programs) > 0 &&
+			(h.Stage == events.StageAccept || h.Stage == events.StageAcceptErrors)
+		if syscalls != strings.Contains(h.NodeCost, "every syscall") {
+			t.Errorf("stage %s in %s mode (programs %v): node cost %q", h.Stage, h.Mode, h.Programs, h.NodeCost)
+		}
+	}
 	if exp := os.Getenv("LISTENWATCH_TEST_EXPECT"); exp != "" {
 		for _, kv := range strings.Split(exp, ",") {
 			st, mode, _ := strings.Cut(kv, "=")

@@ -172,6 +172,7 @@ const (
 	bpfMapLwSocks             = "lw_socks"
 	bpfMapLwUnwoken           = "lw_unwoken"
 	bpfProgLwFexitAccept      = "lw_fexit_accept"
+	bpfProgLwFexitAcceptErr   = "lw_fexit_accept_err"
 	bpfProgLwFexitConnRequest = "lw_fexit_conn_request"
 	bpfProgLwFexitSynRecv4    = "lw_fexit_syn_recv4"
 	bpfProgLwFexitSynRecv6    = "lw_fexit_syn_recv6"
@@ -181,6 +182,7 @@ const (
 	bpfProgLwKpSynRecv4       = "lw_kp_syn_recv4"
 	bpfProgLwKpSynRecv6       = "lw_kp_syn_recv6"
 	bpfProgLwKrpAccept        = "lw_krp_accept"
+	bpfProgLwKrpAcceptErr     = "lw_krp_accept_err"
 	bpfProgLwKrpConnRequest   = "lw_krp_conn_request"
 	bpfProgLwKrpSynRecv4      = "lw_krp_syn_recv4"
 	bpfProgLwKrpSynRecv6      = "lw_krp_syn_recv6"
@@ -249,6 +251,7 @@ type bpfSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
 	LwFexitAccept      *ebpf.ProgramSpec `ebpf:"lw_fexit_accept"`
+	LwFexitAcceptErr   *ebpf.ProgramSpec `ebpf:"lw_fexit_accept_err"`
 	LwFexitConnRequest *ebpf.ProgramSpec `ebpf:"lw_fexit_conn_request"`
 	LwFexitSynRecv4    *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv4"`
 	LwFexitSynRecv6    *ebpf.ProgramSpec `ebpf:"lw_fexit_syn_recv6"`
@@ -258,6 +261,7 @@ type bpfProgramSpecs struct {
 	LwKpSynRecv4       *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv4"`
 	LwKpSynRecv6       *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv6"`
 	LwKrpAccept        *ebpf.ProgramSpec `ebpf:"lw_krp_accept"`
+	LwKrpAcceptErr     *ebpf.ProgramSpec `ebpf:"lw_krp_accept_err"`
 	LwKrpConnRequest   *ebpf.ProgramSpec `ebpf:"lw_krp_conn_request"`
 	LwKrpSynRecv4      *ebpf.ProgramSpec `ebpf:"lw_krp_syn_recv4"`
 	LwKrpSynRecv6      *ebpf.ProgramSpec `ebpf:"lw_krp_syn_recv6"`
@@ -371,6 +375,7 @@ type bpfVariables struct {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
 	LwFexitAccept      *ebpf.Program `ebpf:"lw_fexit_accept"`
+	LwFexitAcceptErr   *ebpf.Program `ebpf:"lw_fexit_accept_err"`
 	LwFexitConnRequest *ebpf.Program `ebpf:"lw_fexit_conn_request"`
 	LwFexitSynRecv4    *ebpf.Program `ebpf:"lw_fexit_syn_recv4"`
 	LwFexitSynRecv6    *ebpf.Program `ebpf:"lw_fexit_syn_recv6"`
@@ -380,6 +385,7 @@ type bpfPrograms struct {
 	LwKpSynRecv4       *ebpf.Program `ebpf:"lw_kp_syn_recv4"`
 	LwKpSynRecv6       *ebpf.Program `ebpf:"lw_kp_syn_recv6"`
 	LwKrpAccept        *ebpf.Program `ebpf:"lw_krp_accept"`
+	LwKrpAcceptErr     *ebpf.Program `ebpf:"lw_krp_accept_err"`
 	LwKrpConnRequest   *ebpf.Program `ebpf:"lw_krp_conn_request"`
 	LwKrpSynRecv4      *ebpf.Program `ebpf:"lw_krp_syn_recv4"`
 	LwKrpSynRecv6      *ebpf.Program `ebpf:"lw_krp_syn_recv6"`
@@ -394,6 +400,7 @@ type bpfPrograms struct {
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.LwFexitAccept,
+		p.LwFexitAcceptErr,
 		p.LwFexitConnRequest,
 		p.LwFexitSynRecv4,
 		p.LwFexitSynRecv6,
@@ -403,6 +410,7 @@ func (p *bpfPrograms) Close() error {
 		p.LwKpSynRecv4,
 		p.LwKpSynRecv6,
 		p.LwKrpAccept,
+		p.LwKrpAcceptErr,
 		p.LwKrpConnRequest,
 		p.LwKrpSynRecv4,
 		p.LwKrpSynRecv6,

@@ -130,8 +130,11 @@ var stageDefs = []stageDef{
 		coveredBy: func(modeOf func(events.Stage) events.Mode) (events.Stage, bool) {
 			return events.StageAccept, modeOf(events.StageAccept) == events.ModeTracepoint
 		},
-		auxiliary:  true,
-		candidates: []candidate{{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, false), nodeCost: acceptSyscallsCost}},
+		candidates: []candidate{
+			{mode: events.ModeFentry, probes: []probe{{bpfProgLwFexitAcceptErr, tracing}}},
+			{mode: events.ModeKprobe, probes: []probe{{bpfProgLwKrpAcceptErr, kretprobe("__sys_accept4")}}},
+			{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, false), nodeCost: acceptSyscallsCost},
+		},
 	},
 	{
 		stage:      events.StageDrops,

@@ -72,7 +72,10 @@ func TestOnFailure(t *testing.T) {
 		{events.StageSYN, Config{Mode: events.ModeFentry, Disabled: []events.Stage{events.StageSYN}}, false, zerolog.InfoLevel},
 		{events.StageDrops, auto, false, zerolog.WarnLevel},
 		{events.StageDrops, forced, false, zerolog.WarnLevel},
-		{events.StageAcceptErrors, forced, false, zerolog.WarnLevel},
+		// accept_errors has a mode of its own (__sys_accept4) where
+		// fentry or kprobes work: a forced mode binds it too.
+		{events.StageAcceptErrors, forced, true, zerolog.ErrorLevel},
+		{events.StageAcceptErrors, auto, false, zerolog.ErrorLevel},
 		{events.StageHandshake, Config{Mode: events.ModeAuto, Disabled: []events.Stage{events.StageHandshake}}, false, zerolog.InfoLevel},
 	} {
 		fatal, level := onFailure(def(c.stage), c.cfg)

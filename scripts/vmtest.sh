@@ -47,20 +47,20 @@ while [ $# -ge 3 ]; do
 		# fexit on tcp_v{4,6}_syn_recv_sock does not attach on 6.1: kprobe.
 		# kfree_skb has no rx_sk before 6.11: ACK-time overflows are
 		# counted by the handshake programs instead.
-		run "$name" "$kdir" auto "drops=none,syn=fentry,handshake=kprobe,accept=fentry" || failed=1
-		run "$name" "$kdir" kprobe "drops=none,syn=kprobe,handshake=kprobe,accept=kprobe" || failed=1
+		run "$name" "$kdir" auto "drops=none,syn=fentry,handshake=kprobe,accept=fentry,accept_errors=fentry" || failed=1
+		run "$name" "$kdir" kprobe "drops=none,syn=kprobe,handshake=kprobe,accept=kprobe,accept_errors=kprobe" || failed=1
 		# consume_skb has no location before 6.3: no SYN stage in
 		# tracepoint mode; tests needing it skip, saying so.
-		run "$name" "$kdir" tracepoint "drops=none,syn=none,handshake=tracepoint,accept=tracepoint" syn || failed=1
+		run "$name" "$kdir" tracepoint "drops=none,syn=none,handshake=tracepoint,accept=tracepoint,accept_errors=tracepoint" syn || failed=1
 		;;
 	arm64-6.1)
 		# arm64 before 6.5 has no direct-call ftrace: fentry programs load
 		# but cannot attach, so auto falls back to kprobes everywhere.
-		run "$name" "$kdir" auto "drops=none,syn=kprobe,handshake=kprobe,accept=kprobe" || failed=1
+		run "$name" "$kdir" auto "drops=none,syn=kprobe,handshake=kprobe,accept=kprobe,accept_errors=kprobe" || failed=1
 		;;
 	*)
-		run "$name" "$kdir" auto "drops=tracepoint,syn=fentry,handshake=fentry,accept=fentry" || failed=1
-		run "$name" "$kdir" tracepoint "drops=tracepoint,syn=tracepoint,handshake=tracepoint,accept=tracepoint" || failed=1
+		run "$name" "$kdir" auto "drops=tracepoint,syn=fentry,handshake=fentry,accept=fentry,accept_errors=fentry" || failed=1
+		run "$name" "$kdir" tracepoint "drops=tracepoint,syn=tracepoint,handshake=tracepoint,accept=tracepoint,accept_errors=tracepoint" || failed=1
 		;;
 	esac
 	if [ -z "${control_done:-}" ]; then

@@ -181,6 +181,34 @@ int lw_tp_accept(struct trace_event_raw_sys_exit *ctx)
 	return on_accept_exit(ctx);
 }
 
+/* fentry/kprobe mode, accept failures: __sys_accept4 serves accept(2) and
+ * accept4(2) and returns the new fd or the error (EMFILE from
+ * get_unused_fd_flags, ENFILE from the file allocation). Hooking it instead
+ * of the syscall tracepoints spares every other syscall on the node the
+ * kernel's slow syscall path, which any syscall tracepoint turns on for
+ * every thread. The return is an int: the upper half of the register is
+ * not part of it. */
+SEC("fexit/__sys_accept4")
+int lw_fexit_accept_err(__u64 *ctx)
+{
+	__u64 ret = 0;
+	if (bpf_get_func_ret(ctx, &ret))
+		return 0;
+	int err = (int)ret;
+	if (err == -EMFILE || err == -ENFILE)
+		accept_failed(err);
+	return 0;
+}
+
+SEC("kretprobe/__sys_accept4")
+int BPF_KRETPROBE(lw_krp_accept_err, long ret)
+{
+	int err = (int)ret;
+	if (err == -EMFILE || err == -ENFILE)
+		accept_failed(err);
+	return 0;
+}
+
 /* fexit sees accept(2), io_uring and in-kernel acceptors alike. The
  * signature changed in 6.10 (struct proto_accept_arg), but the listener is
  * the first argument in both and bpf_get_func_ret reads the return value
