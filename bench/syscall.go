@@ -73,8 +73,8 @@ func nsPerSyscall(n int) float64 {
 // syscallProbe runs nsPerSyscall in a new process (this binary with
 // -syscall-probe): in the bench's own process, whose threads have been
 // through network namespaces and many agent rounds, rounds without the
-// agent read either ~195 or ~260 ns, while a new process read 192 +- 3 ns
-// every time after an agent stopped.
+// agent read either ~195 or ~260 ns at random; new processes read 190-193
+// ns in most rounds.
 func syscallProbe(n int) (float64, error) {
 	out, err := exec.Command("/proc/self/exe", "-syscall-probe", strconv.Itoa(n)).Output()
 	if err != nil {
