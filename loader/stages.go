@@ -130,6 +130,8 @@ var stageDefs = []stageDef{
 		coveredBy: func(modeOf func(events.Stage) events.Mode) (events.Stage, bool) {
 			return events.StageAccept, modeOf(events.StageAccept) == events.ModeTracepoint
 		},
+		// Its own hook where fentry or kprobes work: a syscall
+		// tracepoint slows every syscall on the node (acceptSyscallsCost).
 		candidates: []candidate{
 			{mode: events.ModeFentry, probes: []probe{{bpfProgLwFexitAcceptErr, tracing}}},
 			{mode: events.ModeKprobe, probes: []probe{{bpfProgLwKrpAcceptErr, kretprobe("__sys_accept4")}}},

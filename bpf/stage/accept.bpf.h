@@ -135,11 +135,14 @@ static __always_inline const struct sock *sock_of_fd(long fd)
 #define EMFILE 24
 #define ENFILE 23
 
-/* accept() failed for want of a file descriptor: the connection stays in
- * the queue. The listening fd is the syscall's first argument, still in
- * the saved user registers. */
-static __always_inline void accept_failed(long err)
+/* accept() returned err < 0. For want of a file descriptor (EMFILE,
+ * ENFILE) the connection stays in the queue: counted per listener. The
+ * listening fd is the syscall's first argument, still in the saved user
+ * registers. */
+static __always_inline void accept_failed(int err)
 {
+	if (err != -EMFILE && err != -ENFILE)
+		return;
 	__u32 which = err == -EMFILE ? LW_AERR_EMFILE : LW_AERR_ENFILE;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	if (!regs)
@@ -157,8 +160,7 @@ static __always_inline void accept_failed(long err)
 static __always_inline int on_accept_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	if (ctx->ret < 0) {
-		if (ctx->ret == -EMFILE || ctx->ret == -ENFILE)
-			accept_failed(ctx->ret);
+		accept_failed(ctx->ret);
 		return 0;
 	}
 	if (!cfg_tp_accept)
@@ -192,20 +194,15 @@ SEC("fexit/__sys_accept4")
 int lw_fexit_accept_err(__u64 *ctx)
 {
 	__u64 ret = 0;
-	if (bpf_get_func_ret(ctx, &ret))
-		return 0;
-	int err = (int)ret;
-	if (err == -EMFILE || err == -ENFILE)
-		accept_failed(err);
+	if (bpf_get_func_ret(ctx, &ret) == 0)
+		accept_failed((int)ret);
 	return 0;
 }
 
 SEC("kretprobe/__sys_accept4")
 int BPF_KRETPROBE(lw_krp_accept_err, long ret)
 {
-	int err = (int)ret;
-	if (err == -EMFILE || err == -ENFILE)
-		accept_failed(err);
+	accept_failed((int)ret);
 	return 0;
 }
 
