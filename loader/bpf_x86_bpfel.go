@@ -129,6 +129,8 @@ type bpfLwListenerStats struct {
 	SynackRetrans   uint64
 	AcceptErrors    [2]uint64
 	Socks           [8]uint64
+	SockDrops       [8]uint32
+	SockQlen        [8]uint32
 	ClosedAt        uint64
 	LastQlen        uint32
 	Pid             uint32
@@ -150,7 +152,7 @@ type bpfLwSeed struct {
 	Ino     uint64
 	Sk      uint64
 	Backlog uint32
-	_       [4]byte
+	Drops   uint32
 }
 
 type bpfLwSock struct {

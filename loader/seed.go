@@ -25,6 +25,7 @@ type procListener struct {
 	inode   uint64
 	backlog uint32 // 0 when read from /proc text, which does not show it
 	sk      uint64 // the socket; 0 when read from /proc text
+	drops   uint32 // its sk_drops when read: the baseline of its slot
 }
 
 // netnsPath is one network namespace and a path to enter it by.
@@ -138,7 +139,7 @@ func decodeSeeds(raw []byte) ([]procListener, error) {
 	out := make([]procListener, 0, len(raw)/seedSize)
 	for off := 0; off < len(raw); off += seedSize {
 		r := (*bpfLwSeed)(unsafe.Pointer(&raw[off]))
-		out = append(out, procListener{key: r.Key, inode: r.Ino, backlog: r.Backlog, sk: r.Sk})
+		out = append(out, procListener{key: r.Key, inode: r.Ino, backlog: r.Backlog, sk: r.Sk, drops: r.Drops})
 	}
 	return out, nil
 }
@@ -195,6 +196,7 @@ func register(m *ebpf.Map, found []procListener, proc procfs.FS) (int, error) {
 		}
 		if l.sk != 0 && int(v.Sockets) < len(v.Socks) {
 			v.Socks[v.Sockets] = l.sk
+			v.SockDrops[v.Sockets] = l.drops
 		}
 		v.Sockets++
 		v.Backlog = max(v.Backlog, l.backlog)

@@ -160,17 +160,37 @@ find_listener(struct lw_listener_key *k)
  * seen) and removed at close. A group larger than LW_GROUP_MAX has sockets
  * without a slot: their SYN-time drops are not classified in tracepoint
  * mode (the drops counted in the other modes and by the ACK hooks are). */
-static __always_inline void group_add(struct lw_listener_stats *st, __u64 sk)
+static __always_inline int group_slot(const struct lw_listener_stats *st, __u64 sk)
+{
+	for (int i = 0; i < LW_GROUP_MAX; i++)
+		if (st->socks[i] == sk)
+			return i;
+	return -1;
+}
+
+/* Adds sk to the group, with drops and qlen as its baseline (fresh) unless
+ * it is there already. Returns its slot, or -1 when the group is full. */
+static __always_inline int group_add(struct lw_listener_stats *st, __u64 sk, __u32 drops, __u32 qlen,
+				     bool *fresh)
 {
 	int free = -1;
+	*fresh = false;
 	for (int i = 0; i < LW_GROUP_MAX; i++) {
 		if (st->socks[i] == sk)
-			return;
+			return i;
 		if (!st->socks[i] && free < 0)
 			free = i;
 	}
-	if (free >= 0)
-		st->socks[free & (LW_GROUP_MAX - 1)] = sk;
+	if (free < 0)
+		return -1;
+	free &= LW_GROUP_MAX - 1;
+	/* The baseline before the socket: a SYN reaches the socket only
+	 * after listen() hashed it, after this. */
+	st->sock_drops[free] = drops;
+	st->sock_qlen[free] = qlen;
+	st->socks[free] = sk;
+	*fresh = true;
+	return free;
 }
 
 static __always_inline void group_del(struct lw_listener_stats *st, __u64 sk)
@@ -180,18 +200,37 @@ static __always_inline void group_del(struct lw_listener_stats *st, __u64 sk)
 			st->socks[i] = 0;
 }
 
-/* The per-socket state of a listening socket; a socket seen for the first
- * time starts from its current values. */
-static __always_inline struct lw_sock *sock_state(__u64 sk, __u32 drops, __u32 qlen, bool *fresh)
+/* Where a listening socket's drop count and SYN-queue length were last
+ * seen: its slot in the group, else (a group larger than LW_GROUP_MAX) its
+ * lw_socks entry. fresh: seen for the first time, the baseline is its
+ * current values. */
+struct sock_base {
+	__u32 *drops;
+	__u32 *qlen;
+	bool fresh;
+};
+
+static __always_inline bool sock_base(struct lw_listener_stats *st, __u64 sk, __u32 drops, __u32 qlen,
+				      struct sock_base *b)
 {
+	int i = group_add(st, sk, drops, qlen, &b->fresh);
+	if (i >= 0) {
+		b->drops = &st->sock_drops[i & (LW_GROUP_MAX - 1)];
+		b->qlen = &st->sock_qlen[i & (LW_GROUP_MAX - 1)];
+		return true;
+	}
 	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &sk);
-	*fresh = false;
-	if (s)
-		return s;
-	struct lw_sock init = { .last_drops = drops, .last_qlen = qlen };
-	bpf_map_update_elem(&lw_socks, &sk, &init, BPF_NOEXIST);
-	*fresh = true;
-	return bpf_map_lookup_elem(&lw_socks, &sk);
+	if (!s) {
+		struct lw_sock init = { .last_drops = drops, .last_qlen = qlen };
+		bpf_map_update_elem(&lw_socks, &sk, &init, BPF_NOEXIST);
+		b->fresh = true;
+		s = bpf_map_lookup_elem(&lw_socks, &sk);
+		if (!s)
+			return false;
+	}
+	b->drops = &s->last_drops;
+	b->qlen = &s->last_qlen;
+	return true;
 }
 
 static __always_inline void set_owner(struct lw_listener_stats *st)

@@ -20,14 +20,12 @@ int BPF_PROG(lw_tp_kfree, struct sk_buff *skb, void *location, enum skb_drop_rea
 	if (!st)
 		return 0;
 	__u32 drops = rx_sk->sk_drops.counter;
-	group_add(st, (__u64)rx_sk);
-	bool fresh;
-	struct lw_sock *s = sock_state((__u64)rx_sk, drops - 1, 0, &fresh);
-	if (!s)
-		return 0;
+	struct sock_base b;
 	/* A socket first seen here: this drop is the one that moved it. */
-	__u32 d = drops - s->last_drops;
-	s->last_drops = drops;
+	if (!sock_base(st, (__u64)rx_sk, drops - 1, 0, &b))
+		return 0;
+	__u32 d = drops - *b.drops;
+	*b.drops = drops;
 	if (!d)
 		return 0; /* not a listen drop (e.g. a stray segment) */
 	bool full = rx_sk->sk_ack_backlog > rx_sk->sk_max_ack_backlog;

@@ -148,10 +148,16 @@ static __always_inline void ack_overflow(const struct sock *listener, const stru
 	drop(st, &k, LW_DROP_ACCEPTQ_ACK, 1, &p, ackq);
 	/* The caller adds this packet to sk_drops after we return: count it
 	 * as seen, so the next SYN does not take it for its own. */
+	__u32 next = BPF_CORE_READ(listener, sk_drops.counter) + 1;
 	__u64 key = (__u64)listener;
+	int i = group_slot(st, key);
+	if (i >= 0) {
+		st->sock_drops[i & (LW_GROUP_MAX - 1)] = next;
+		return;
+	}
 	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &key);
 	if (s)
-		s->last_drops = BPF_CORE_READ(listener, sk_drops.counter) + 1;
+		s->last_drops = next;
 }
 
 /* fentry/kprobe mode: syn_recv_sock returns the child (NULL when the accept

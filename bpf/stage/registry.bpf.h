@@ -19,10 +19,19 @@ static __always_inline void listener_up(const struct sock *sk)
 	}
 	__sync_fetch_and_add(&st->sockets, 1);
 	st->backlog = sk->sk_max_ack_backlog;
-	group_add(st, (__u64)sk);
+	/* Its drop count from here on is followed: the baseline is now, also
+	 * for a socket that was already in the group. */
 	__u64 key = (__u64)sk;
-	struct lw_sock init = { .last_drops = sk->sk_drops.counter };
-	bpf_map_update_elem(&lw_socks, &key, &init, BPF_ANY);
+	__u32 drops = sk->sk_drops.counter;
+	bool fresh;
+	int i = group_add(st, key, drops, 0, &fresh);
+	if (i >= 0) {
+		st->sock_drops[i & (LW_GROUP_MAX - 1)] = drops;
+		st->sock_qlen[i & (LW_GROUP_MAX - 1)] = 0;
+	} else {
+		struct lw_sock init = { .last_drops = drops };
+		bpf_map_update_elem(&lw_socks, &key, &init, BPF_ANY);
+	}
 	/* listen(2) runs this in process context: its second argument is the
 	 * backlog the application asked for, before the somaxconn cap. */
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());

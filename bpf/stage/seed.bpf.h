@@ -20,8 +20,11 @@ int lw_iter_tcp(struct bpf_iter__tcp *ctx)
 	rec.backlog = sk->sk_max_ack_backlog;
 	rec.ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
 	rec.sk = (__u64)sk;
-	/* Its drop count from here on is followed like a new socket's. */
-	struct lw_sock init = { .last_drops = sk->sk_drops.counter };
+	/* Its drop count from here on is followed like a new socket's: the
+	 * loader writes it as the baseline of the socket's slot; a socket
+	 * beyond the group's slots has it here. */
+	rec.drops = sk->sk_drops.counter;
+	struct lw_sock init = { .last_drops = rec.drops };
 	bpf_map_update_elem(&lw_socks, &rec.sk, &init, BPF_NOEXIST);
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;

@@ -37,20 +37,18 @@ static __always_inline struct sock_queues queues_read(const struct sock *sk)
 	return q;
 }
 
-static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *st, const struct sock *sk,
+static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *st, struct sock_base b,
 						     struct sock_queues q)
 {
 	struct syn_seen r = {};
 	__u32 drops = q.drops, qlen = q.qlen, ackq = q.ackq, max = q.max;
-	bool fresh;
-	struct lw_sock *s = sock_state((__u64)sk, drops, qlen, &fresh);
-	if (!s || fresh)
+	if (b.fresh)
 		return r; /* first sight: its current values are the baseline */
-	__u32 d = drops - s->last_drops;
-	r.grew = qlen > s->last_qlen;
+	__u32 d = drops - *b.drops;
+	r.grew = qlen > *b.qlen;
 	r.full_same = qlen > max && !r.grew;
-	s->last_drops = drops;
-	s->last_qlen = qlen;
+	*b.drops = drops;
+	*b.qlen = qlen;
 	if (d) {
 		__u32 why = LW_DROP_OTHER;
 		if (ackq > max)
@@ -105,8 +103,11 @@ static __always_inline void syn_at_listener(const struct sock *sk, const struct 
 		return;
 	}
 	__sync_fetch_and_add(&st->syns, 1);
-	group_add(st, (__u64)sk);
-	struct syn_seen r = syn_on_socket(st, sk, queues_read(sk));
+	struct sock_queues q = queues_read(sk);
+	struct sock_base b;
+	if (!sock_base(st, (__u64)sk, q.drops, q.qlen, &b))
+		return;
+	struct syn_seen r = syn_on_socket(st, b, q);
 	syn_records(st, &k, &r, p);
 	syn_cookie(st, r);
 }
@@ -214,7 +215,11 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 			.ackq = bsk->sk_ack_backlog,
 			.max = bsk->sk_max_ack_backlog,
 		};
-		struct syn_seen r = syn_on_socket(st, sk, q);
+		struct sock_base b = {
+			.drops = &st->sock_drops[i],
+			.qlen = &st->sock_qlen[i],
+		};
+		struct syn_seen r = syn_on_socket(st, b, q);
 		for (int j = 0; j < LW_DROP_MAX; j++)
 			all.n[j] += r.n[j];
 		if (r.dropped)
