@@ -25,7 +25,9 @@ static __always_inline void accepted(const struct sock *child, const struct sock
 		daddr = BPF_CORE_READ(child, __sk_common.skc_daddr);
 		rport = BPF_CORE_READ(child, __sk_common.skc_dport);
 	}
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	/* The task's own field: a load where the JIT inlines the current
+	 * task (6.18 on x86-64), where bpf_get_current_pid_tgid is a call. */
+	__u32 tgid = bpf_get_current_task_btf()->tgid;
 
 	if (conn_take((__u64)child, hash, &c)) {
 		k = c.listener;
