@@ -30,14 +30,19 @@ func TestBPFTotals(t *testing.T) {
 	}
 }
 
-// A program only one side has still gets a row.
+// A program only one side has still gets a row; each program has its own
+// ratio; the meter's floor is an empty program's ns per run times all
+// programs' runs.
 func TestPrintBPFCompare(t *testing.T) {
-	before := bpfTotals{conns: 100, secs: map[string]float64{"old": 1e-4, "both": 2e-4}, runs: map[string]float64{"old": 100, "both": 600}}
-	after := bpfTotals{conns: 100, secs: map[string]float64{"new": 5e-5, "both": 1e-4}, runs: map[string]float64{"new": 100, "both": 600}}
+	before := bpfTotals{conns: 100, secs: map[string]float64{"old": 1e-4, "both": 2e-4}, runs: map[string]float64{"old": 100, "both": 600},
+		emptyRuns: 1000, emptySecs: 1e-4}
+	after := bpfTotals{conns: 100, secs: map[string]float64{"new": 5e-5, "both": 1e-4}, runs: map[string]float64{"new": 100, "both": 600},
+		emptyRuns: 1000, emptySecs: 5e-5}
 	var b bytes.Buffer
-	printBPFCompare(&b, before, after, 0.5, 0.45, 0.55)
+	printBPFCompare(&b, before, after, []float64{0.5, 0.5, 0.5}, map[string][]float64{"both": {0.25, 0.25}})
 	out := b.String()
-	for _, want := range []string{"old ", "new ", "both ", "0.500, 95% CI [0.450, 0.550]"} {
+	for _, want := range []string{"old ", "new ", "both ", "0.250 [0.250, 0.250]", "0.500 [0.500, 0.500]",
+		"read 100 ns/run before, 50 after", "700 ns/conn of the total before, 350 after"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -64,6 +64,8 @@ type result struct {
 	MedianRatio      float64     `json:"median_ratio"`
 	BPF              []progCost  `json:"bpf"`
 	BPFNsPerConn     float64     `json:"bpf_ns_per_conn"`
+	BPFFloorNsPerRun float64     `json:"bpf_meter_floor_ns_per_run"`
+	BPFFloorPerConn  float64     `json:"bpf_meter_floor_ns_per_conn"`
 	CPUPer100k       float64     `json:"agent_cpu_seconds_per_100k_conn"`
 	CPUPctPer10kRate float64     `json:"agent_cpu_percent_per_10k_conn_per_s"`
 	PeakRSSMiB       float64     `json:"agent_peak_rss_mib"`
@@ -545,6 +547,7 @@ func bpfCost(ns *netnstest.NS, s *server, res *result) error {
 		return err
 	}
 	res.BPF, res.BPFNsPerConn = r.programs(), r.nsPerConn()
+	res.BPFFloorNsPerRun, res.BPFFloorPerConn = r.floorNsPerRun(), r.floorNsPerConn()
 	return nil
 }
 
@@ -566,6 +569,28 @@ type bpfTotals struct {
 	conns float64
 	secs  map[string]float64
 	runs  map[string]float64
+	// An empty program's runs and run time in the same rounds (the
+	// meter's floor, see emptyProbe).
+	emptyRuns, emptySecs float64
+}
+
+// floorNsPerRun is what bpf_stats read per run of the empty program.
+func (t bpfTotals) floorNsPerRun() float64 {
+	if t.emptyRuns == 0 {
+		return 0
+	}
+	return t.emptySecs * 1e9 / t.emptyRuns
+}
+
+// floorNsPerConn is the meter's floor times the runs of all programs per
+// connection: the part of nsPerConn an agent whose programs did nothing
+// would still read.
+func (t bpfTotals) floorNsPerConn() float64 {
+	var runs float64
+	for _, v := range t.runs {
+		runs += v
+	}
+	return t.floorNsPerRun() * runs / t.conns
 }
 
 func (t *bpfTotals) add(o bpfTotals) {
@@ -573,6 +598,8 @@ func (t *bpfTotals) add(o bpfTotals) {
 		t.secs, t.runs = map[string]float64{}, map[string]float64{}
 	}
 	t.conns += o.conns
+	t.emptyRuns += o.emptyRuns
+	t.emptySecs += o.emptySecs
 	for k, v := range o.secs {
 		t.secs[k] += v
 	}
@@ -595,6 +622,11 @@ func (t bpfTotals) programs() []progCost {
 	return out
 }
 
+// nsPerConnOf is one program's BPF time per connection.
+func (t bpfTotals) nsPerConnOf(name string) float64 {
+	return t.secs[name] * 1e9 / t.conns
+}
+
 func (t bpfTotals) nsPerConn() float64 {
 	var ns float64
 	for _, v := range t.secs {
@@ -611,26 +643,35 @@ func bpfRound(ns *netnstest.NS, s *server, bin string) (bpfTotals, error) {
 		return bpfTotals{}, err
 	}
 	defer ag.stop()
-	read := func() (secs, runs map[string]float64, err error) {
-		if secs, err = perProgram("listenwatch_bpf_run_seconds_total"); err != nil {
-			return nil, nil, err
-		}
-		runs, err = perProgram("listenwatch_bpf_runs_total")
-		return secs, runs, err
+	empty, err := attachEmptyProbe()
+	if err != nil {
+		return bpfTotals{}, err
 	}
-	t0, r0, err := read()
+	defer empty.close()
+	read := func() (secs, runs map[string]float64, er, es float64, err error) {
+		if secs, err = perProgram("listenwatch_bpf_run_seconds_total"); err != nil {
+			return
+		}
+		if runs, err = perProgram("listenwatch_bpf_runs_total"); err != nil {
+			return
+		}
+		er, es, err = empty.stats()
+		return
+	}
+	t0, r0, er0, es0, err := read()
 	if err != nil {
 		return bpfTotals{}, err
 	}
 	n := stormCount(ns, s, *roundDur)
-	t1, r1, err := read()
+	t1, r1, er1, es1, err := read()
 	if err != nil {
 		return bpfTotals{}, err
 	}
 	if n == 0 {
 		return bpfTotals{}, errors.New("BPF cost round: no connection was made")
 	}
-	out := bpfTotals{conns: float64(n), secs: map[string]float64{}, runs: map[string]float64{}}
+	out := bpfTotals{conns: float64(n), secs: map[string]float64{}, runs: map[string]float64{},
+		emptyRuns: er1 - er0, emptySecs: es1 - es0}
 	for name := range t1 {
 		out.secs[name] = t1[name] - t0[name]
 		out.runs[name] = r1[name] - r0[name]
@@ -723,6 +764,8 @@ func printTable(w io.Writer, r *result) {
 		fmt.Fprintf(w, "%-18s %12.0f %10.0f %10.0f\n", p.Name, p.Runs, p.NsPerRun, p.NsPerConn)
 	}
 	fmt.Fprintf(w, "BPF time per accepted connection: %.0f ns   (target <= 1200)\n", r.BPFNsPerConn)
+	fmt.Fprintf(w, "  of which the meter's floor: %.0f ns (an empty program read %.0f ns/run, times all programs' runs)\n",
+		r.BPFFloorPerConn, r.BPFFloorNsPerRun)
 	fmt.Fprintf(w, "agent CPU: %.3f s per 100k connections, %.2f%% of a core per 10k conn/s   (target <= 3%%)\n", r.CPUPer100k, r.CPUPctPer10kRate)
 	fmt.Fprintf(w, "agent peak RSS: %.1f MiB   (target <= 40)   ring-buffer losses in the storm: %.0f   (target 0)\n", r.PeakRSSMiB, r.StormLost)
 	if f := r.Flood; f != nil {
