@@ -93,6 +93,10 @@ var (
 	floodDur   = flag.Duration("flood", 30*time.Second, "SYN flood duration (0: skip)")
 	jsonOut    = flag.String("json", "bench-results.json", "write the figures here as JSON")
 	agentFlags = flag.String("agent-flags", "", "extra flags for listenwatch run")
+	// A wildcard listener is what most servers have (Go's ":8080" is a
+	// dual-stack [::]); the programs find its entry after looking for the
+	// packet's own address first, as the kernel does.
+	listenAddr = flag.String("listen", "10.77.0.1:8080", "where the bench server listens in its namespace: 10.77.0.1:PORT, or a wildcard (:PORT, 0.0.0.0:PORT); clients dial 10.77.0.1:PORT")
 )
 
 const metricsAddr = "127.0.0.1:19810"
@@ -268,7 +272,12 @@ func stormSetup() (*netnstest.NS, *server, func(), error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	srv, err := startServer(ns, "10.77.0.1:8080")
+	_, port, err := net.SplitHostPort(*listenAddr)
+	if err != nil {
+		cleanup()
+		return nil, nil, nil, fmt.Errorf("-listen %q: %w", *listenAddr, err)
+	}
+	srv, err := startServer(ns, *listenAddr, net.JoinHostPort("10.77.0.1", port))
 	if err != nil {
 		cleanup()
 		return nil, nil, nil, err
@@ -306,15 +315,16 @@ type server struct {
 	accepted atomic.Int64
 }
 
-// startServer is a plain accepting server: accept, close with RST (no
-// TIME_WAIT pile-up over a long storm).
-func startServer(ns *netnstest.NS, addr string) (*server, error) {
+// startServer is a plain accepting server listening on listen, which the
+// clients reach at addr: accept, close with RST (no TIME_WAIT pile-up over
+// a long storm).
+func startServer(ns *netnstest.NS, listen, addr string) (*server, error) {
 	s := &server{addr: addr}
 	var ln net.Listener
 	err := ns.Do(func() (err error) {
 		lc := net.ListenConfig{}
 		lc.SetMultipathTCP(false)
-		ln, err = lc.Listen(context.Background(), "tcp", addr)
+		ln, err = lc.Listen(context.Background(), "tcp", listen)
 		return err
 	})
 	if err != nil {
