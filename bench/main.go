@@ -109,9 +109,11 @@ func main() {
 	}
 	do := run
 	switch {
-	case *scaleMode && *bpfBaseline != "":
-		fmt.Fprintln(os.Stderr, "bench: -scale and -bpf-baseline are two different benches: give one")
+	case *scaleMode && *bpfBaseline != "", *meterMode && (*scaleMode || *bpfBaseline != ""):
+		fmt.Fprintln(os.Stderr, "bench: -scale, -bpf-baseline and -meter are different benches: give one")
 		os.Exit(2)
+	case *meterMode:
+		do = runMeter
 	case *scaleMode:
 		do = runScale
 	case *bpfBaseline != "":

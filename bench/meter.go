@@ -1,7 +1,11 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
+	"io"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -13,22 +17,23 @@ import (
 // bpf_stats times every run with two sched_clock() reads (kvm-clock here,
 // a paravirtual read), and part of them falls inside the interval it
 // reports: what it reads for a program that does nothing is the meter's
-// own floor per run, paid by every run of every program in the figures.
-// Measured here by hand, not by this harness: an empty program on
-// sys_enter, with bpf_stats off, adds 60 ns to each getppid (dispatch
-// and program); with bpf_stats on it adds 141 ns, and bpf_stats reports
-// 56-59 ns of it as the program's run time.
+// own floor per run, paid by every run of every program in the figures
+// (go run ./bench -meter measures what the meter adds and what it reads).
 type emptyProbe struct {
 	prog *ebpf.Program
 	link link.Link
 }
 
-func attachEmptyProbe() (*emptyProbe, error) {
+func attachEmptyProbe() (*emptyProbe, error) { return attachEmpty("inet_sock_set_state") }
+
+// attachEmpty attaches a program that returns at once to the BTF
+// tracepoint tp.
+func attachEmpty(tp string) (*emptyProbe, error) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name:         "lwbench_empty",
 		Type:         ebpf.Tracing,
 		AttachType:   ebpf.AttachTraceRawTp,
-		AttachTo:     "inet_sock_set_state",
+		AttachTo:     tp,
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 		License:      "GPL",
 	})
@@ -38,7 +43,7 @@ func attachEmptyProbe() (*emptyProbe, error) {
 	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
 	if err != nil {
 		prog.Close()
-		return nil, fmt.Errorf("attach the empty program to inet_sock_set_state: %w", err)
+		return nil, fmt.Errorf("attach the empty program to %s: %w", tp, err)
 	}
 	return &emptyProbe{prog: prog, link: l}, nil
 }
@@ -55,4 +60,118 @@ func (e *emptyProbe) stats() (runs, secs float64, err error) {
 func (e *emptyProbe) close() {
 	e.link.Close()
 	e.prog.Close()
+}
+
+var (
+	meterMode  = flag.Bool("meter", false, "measure the meter: what kernel.bpf_stats_enabled adds to each run of a program, and what it reports for a program that does nothing")
+	meterCalls = flag.Int("meter-calls", 2000000, "getppid calls per reading with -meter")
+)
+
+// meterReading is one round of -meter: with bpf_stats off or on, ns per
+// getppid with 1 and with meterExtra+1 empty programs on sys_enter, and
+// what bpf_stats reported per run of one of them.
+type meterReading struct {
+	stats         bool
+	one, many     float64
+	reportedNsRun float64
+}
+
+const meterExtra = 20
+
+// perProgram is what one more program adds to each run of the tracepoint.
+func (m meterReading) perProgram() float64 { return (m.many - m.one) / meterExtra }
+
+// runMeter measures the meter itself. Empty programs on sys_enter (a
+// tracepoint this process fires at will, with getppid): 1, then 21 of
+// them; the difference per extra program is what one run really costs
+// (the tracepoint's dispatch to it and its body). With bpf_stats on, each
+// run also reads the clock twice; what bpf_stats reports for the empty
+// program is then mostly that. Rounds alternate off, on, three times.
+func runMeter() error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (BPF)")
+	}
+	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	if err != nil {
+		return err
+	}
+	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0)
+	var out []meterReading
+	for range 3 {
+		for _, on := range []bool{false, true} {
+			r, err := meterRound(on)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+	}
+	printMeter(os.Stdout, out)
+	return nil
+}
+
+func meterRound(on bool) (meterReading, error) {
+	v := []byte("0")
+	if on {
+		v = []byte("1")
+	}
+	if err := os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", v, 0); err != nil {
+		return meterReading{}, err
+	}
+	var progs []*emptyProbe
+	defer func() {
+		for _, p := range progs {
+			p.close()
+		}
+	}()
+	attach := func(n int) error {
+		for len(progs) < n {
+			p, err := attachEmpty("sys_enter")
+			if err != nil {
+				return err
+			}
+			progs = append(progs, p)
+		}
+		return nil
+	}
+	r := meterReading{stats: on}
+	if err := attach(1); err != nil {
+		return r, err
+	}
+	runs0, secs0, err := progs[0].stats()
+	if err != nil {
+		return r, err
+	}
+	r.one = nsPerSyscall(*meterCalls)
+	runs1, secs1, err := progs[0].stats()
+	if err != nil {
+		return r, err
+	}
+	if on && runs1 > runs0 {
+		r.reportedNsRun = (secs1 - secs0) * 1e9 / (runs1 - runs0)
+	}
+	if err := attach(meterExtra + 1); err != nil {
+		return r, err
+	}
+	r.many = nsPerSyscall(*meterCalls)
+	return r, nil
+}
+
+func printMeter(w io.Writer, rs []meterReading) {
+	fmt.Fprintf(w, "\nThe meter: empty programs on sys_enter, ns per getppid with 1 and %d of them\n\n", meterExtra+1)
+	fmt.Fprintf(w, "%-10s %10s %10s %16s %18s\n", "bpf_stats", "1 prog", fmt.Sprintf("%d progs", meterExtra+1), "ns per prog run", "bpf_stats reports")
+	var off, on, rep []float64
+	for _, r := range rs {
+		state, reported := "off", ""
+		if r.stats {
+			state, reported = "on", fmt.Sprintf("%.1f ns/run", r.reportedNsRun)
+			on = append(on, r.perProgram())
+			rep = append(rep, r.reportedNsRun)
+		} else {
+			off = append(off, r.perProgram())
+		}
+		fmt.Fprintf(w, "%-10s %10.1f %10.1f %16.1f %18s\n", state, r.one, r.many, r.perProgram(), reported)
+	}
+	fmt.Fprintf(w, "\nmedian: a run of an empty program costs %.1f ns with bpf_stats off, %.1f ns with it on; bpf_stats reports %.1f ns of it\n",
+		median(off), median(on), median(rep))
 }
