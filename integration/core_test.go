@@ -764,6 +764,70 @@ func TestUnacceptedChildrenForgotten(t *testing.T) {
 	t.Logf("connection table (this namespace): %d before, %d with 5 queued, %d after the close", base, queued, pending())
 }
 
+// TestResetInQueueKeepsTimeline: a connection its client resets while it
+// waits in the accept queue is still handed to accept() (the application
+// then reads ECONNRESET), so it is accepted and timed like any other:
+// its record carries the handshake. The reset's state change on the queued
+// child (ESTABLISHED -> CLOSE, no struct socket yet) once dropped the
+// timeline, as if the child would never be accepted.
+func TestResetInQueueKeepsTimeline(t *testing.T) {
+	need(t, events.StageHandshake, events.StageAccept)
+	ns := newNS(t)
+	tap.watch(t, ns.Inode)
+	addr := netip.MustParseAddrPort("127.0.0.1:9009")
+	fd := listen(t, ns, addr, 8)
+	resets := func() uint64 {
+		t.Helper()
+		c, err := ns.Netstat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c["Tcp.EstabResets"]
+	}
+	base := resets()
+	const n = 3
+	clients := map[netip.AddrPort]bool{}
+	for range n {
+		c, _, _, err := dialTimed(ns, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[clientAddr(c)] = true
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // RST
+	}
+	// Each reset closes two established sockets: the client's, and the
+	// child in the queue when the RST reaches it.
+	eventually(t, settle, func() (bool, string) {
+		r := resets() - base
+		return r >= 2*n, fmt.Sprintf("Tcp.EstabResets +%d, want +%d (the clients' and the queued children's)", r, 2*n)
+	})
+	if q := acceptQueueLen(t, fd); q != n {
+		t.Fatalf("accept queue holds %d, want the %d reset children", q, n)
+	}
+	for range n {
+		cl, _, nfd, err := acceptOne(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(nfd)
+		if !clients[cl] {
+			t.Fatalf("accepted %s, which no client of the test dialled", cl)
+		}
+	}
+	for cl := range clients {
+		var c events.Conn
+		eventually(t, settle, func() (bool, string) {
+			var ok bool
+			c, ok = tap.get(cl)
+			return ok, fmt.Sprintf("no accept record for client %s", cl)
+		})
+		if tl := c.Timeline(); !tl.HasHandshake || !tl.HasQueueWait {
+			t.Errorf("client %s, reset in the queue: timeline %+v (flags %#x), want its handshake and queue wait", cl, tl, c.Flags)
+		}
+	}
+}
+
 // TestSeededListeners: listeners that existed before the agent started
 // are registered with what new ones get: backlog, owner, and every socket
 // of an SO_REUSEPORT group.

@@ -65,19 +65,36 @@ static __always_inline void slot_unlock(struct lw_conn_slot *s)
 	__sync_lock_test_and_set(&s->busy, 0);
 }
 
+/* A slot held this long (ns) by a child nobody accepted. A child that
+ * failed in the queue keeps its timeline for accept(); if its listener
+ * then closes, no state change says it is gone. Such a slot is taken over
+ * and its timeline moved to lw_conns (kept, and evictable there). */
+#define LW_SLOT_STALE_NS (10ULL * 1000000000ULL)
+
+static __always_inline bool slot_stale(const struct lw_conn_slot *s, const struct lw_conn *c)
+{
+	return s->sk && c->t_est > s->conn.t_est + LW_SLOT_STALE_NS;
+}
+
 static __always_inline void conn_put(__u64 child, __u32 hash, const struct lw_conn *c)
 {
 	struct lw_conn_slot *s = slot_of(hash);
 	/* Free, or left by a socket freed at this address whose close was
 	 * not seen: ours. */
-	if (s && (s->sk == 0 || s->sk == child) && slot_lock(s)) {
+	if (s && (s->sk == 0 || s->sk == child || slot_stale(s, c)) && slot_lock(s)) {
 		bool mine = s->sk == 0 || s->sk == child;
-		if (mine) {
+		bool stale = !mine && slot_stale(s, c);
+		if (stale) {
+			__u64 old = s->sk;
+			struct lw_conn oc = s->conn;
+			bpf_map_update_elem(&lw_conns, &old, &oc, BPF_ANY);
+		}
+		if (mine || stale) {
 			s->sk = child;
 			s->conn = *c;
 		}
 		slot_unlock(s);
-		if (mine)
+		if (mine || stale)
 			return;
 	}
 	bpf_map_update_elem(&lw_conns, &child, c, BPF_ANY);

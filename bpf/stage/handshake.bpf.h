@@ -74,14 +74,18 @@ static __always_inline void child_established(const struct sock *sk)
 	handshake_done((__u64)sk, sk->__sk_common.skc_hash, &k, t_synack, now, flags, NULL, true);
 }
 
-/* A child that dies in the accept queue (its listener closed, or the client
- * reset it) is never accepted: its timeline would stay in lw_conns until
- * evicted (or hold its slot). Only a child that was never accepted has no struct socket;
- * accepted sockets closing (which keep theirs until orphaned) cost one
- * load here. */
+/* A child whose listener closes dies in the accept queue and is never
+ * accepted: its timeline would stay in lw_conns until evicted (or hold its
+ * slot). The listener's close disconnects it with sk_err still 0. A child
+ * that fails on its own in the queue (the client reset it, or it timed
+ * out: sk_err is set before the state changes) is still handed to
+ * accept(), which then needs its timeline and listener (the dead child
+ * has lost its port): kept. Only a child that was never accepted has no
+ * struct socket; accepted sockets closing (which keep theirs until
+ * orphaned) cost one load here. */
 static __always_inline void child_closed(const struct sock *sk)
 {
-	if (sk->sk_socket)
+	if (sk->sk_socket || sk->sk_err)
 		return;
 	conn_forget((__u64)sk, sk->__sk_common.skc_hash);
 }
