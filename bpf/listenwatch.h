@@ -66,8 +66,8 @@ struct lw_listener_stats {
 	/* Per slot of socks: the socket's drop count (sk_drops) and SYN-queue
 	 * length when last looked at, so that a change is attributed to the
 	 * socket it happened on. Kept here, not in a map of their own: the
-	 * SYN program reads them with the entry it already holds (a hash
-	 * lookup less per SYN, ~150 ns here). */
+	 * SYN program reads them with the entry it already holds (one hash
+	 * lookup less per SYN: its program ~20% faster here). */
 	__u32 sock_drops[LW_GROUP_MAX];
 	__u32 sock_qlen[LW_GROUP_MAX];
 	__u64 closed_at;      /* ns, CLOCK_MONOTONIC: when the last socket closed; 0 while open */
