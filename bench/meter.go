@@ -91,11 +91,12 @@ func runMeter() error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (BPF)")
 	}
-	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	// Puts the old value back at the end; each round then sets its own.
+	restore, err := enableBPFStats()
 	if err != nil {
 		return err
 	}
-	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0)
+	defer restore()
 	var out []meterReading
 	for range 3 {
 		for _, on := range []bool{false, true} {
