@@ -85,8 +85,8 @@ func runBPFCompare() error {
 // pairs' after/before with its bootstrap 95% CI; then the totals, and the
 // meter's floor (what an empty program read in the same rounds).
 func printBPFCompare(w io.Writer, before, after bpfTotals, ratios []float64, progRatios map[string][]float64) {
-	fmt.Fprintf(w, "\nBPF time per accepted connection, %s (before) vs %s (after), %d pairs of %.0fs, %d clients\n\n",
-		*bpfBaseline, *agentBin, len(ratios), roundDur.Seconds(), *clients)
+	fmt.Fprintf(w, "\nBPF time per accepted connection, %s (before) vs %s (after), %d pairs of %.0fs, %s\n\n",
+		*bpfBaseline, *agentBin, len(ratios), roundDur.Seconds(), clientDesc())
 	fmt.Fprintf(w, "%-16s %26s   %26s   %s\n", "", "before", "after", "after/before")
 	fmt.Fprintf(w, "%-16s %8s %8s %8s   %8s %8s %8s   %s\n", "program", "runs/c", "ns/run", "ns/conn", "runs/c", "ns/run", "ns/conn", "median [95% CI]")
 	b, a := map[string]progCost{}, map[string]progCost{}

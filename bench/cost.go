@@ -66,6 +66,9 @@ func machineCPU() (float64, error) {
 // for a moment catches up); one that finds the queue full is late, and a
 // round with more than 1% late did not offer its load: an error.
 func paced(ns *netnstest.NS, s *server, rate float64, d time.Duration) (accepted int64, err error) {
+	if s.useTUN {
+		return pacedTUN(s, rate, d)
+	}
 	workers := max(*clients*4, 8)
 	tickets := make(chan struct{}, max(int(rate/10), workers))
 	var late, offered atomic.Int64
@@ -106,6 +109,35 @@ func paced(ns *netnstest.NS, s *server, rate float64, d time.Duration) (accepted
 	wg.Wait()
 	if l := late.Load(); float64(l) > 0.01*float64(offered.Load()) {
 		return accepted, fmt.Errorf("the client fell behind its schedule (%d of %d connections late): lower -cost-rate", l, offered.Load())
+	}
+	return accepted, nil
+}
+
+// pacedTUN is paced with the TUN client: the schedule writes each SYN
+// itself (a write, no worker); a connection whose SYN went out more than
+// 100 ms behind its time is late, and more than 1% late fails the round.
+func pacedTUN(s *server, rate float64, d time.Duration) (accepted int64, err error) {
+	var buf [44]byte
+	var late, offered int64
+	start := s.accepted.Load()
+	gap := time.Duration(float64(time.Second) / rate)
+	t0 := time.Now()
+	for next := t0; time.Since(t0) < d; next = next.Add(gap) {
+		if w := time.Until(next); w > 0 {
+			time.Sleep(w)
+		} else if w < -100*time.Millisecond {
+			late++
+		}
+		offered++
+		s.tun.syn(buf[:])
+	}
+	time.Sleep(100 * time.Millisecond) // the last connections land
+	accepted = s.accepted.Load() - start
+	if err := s.tun.err(); err != nil {
+		return accepted, err
+	}
+	if float64(late) > 0.01*float64(offered) {
+		return accepted, fmt.Errorf("the client fell behind its schedule (%d of %d connections late): lower -cost-rate", late, offered)
 	}
 	return accepted, nil
 }

@@ -54,6 +54,7 @@ type result struct {
 	Cores            int         `json:"cores"`
 	RoundSeconds     float64     `json:"round_seconds"`
 	Clients          int         `json:"clients"`
+	Client           string      `json:"client"`
 	Modes            string      `json:"hook_modes"`
 	Pairs            []pair      `json:"pairs"`
 	MedianCI         [2]float64  `json:"median_ratio_ci95"`
@@ -66,12 +67,21 @@ type result struct {
 	BPFNsPerConn     float64     `json:"bpf_ns_per_conn"`
 	BPFFloorNsPerRun float64     `json:"bpf_meter_floor_ns_per_run"`
 	BPFFloorPerConn  float64     `json:"bpf_meter_floor_ns_per_conn"`
+	BPFServer        *bpfFigure  `json:"bpf_server_side,omitempty"`
 	CPUPer100k       float64     `json:"agent_cpu_seconds_per_100k_conn"`
 	CPUPctPer10kRate float64     `json:"agent_cpu_percent_per_10k_conn_per_s"`
 	PeakRSSMiB       float64     `json:"agent_peak_rss_mib"`
 	StormLost        float64     `json:"storm_ringbuf_lost"`
 	Flood            *flood      `json:"syn_flood,omitempty"`
 	Syscall          *syscallTax `json:"syscall_tax,omitempty"`
+}
+
+// bpfFigure is one BPF round's figures.
+type bpfFigure struct {
+	Programs      []progCost `json:"programs"`
+	NsPerConn     float64    `json:"ns_per_conn"`
+	FloorNsPerRun float64    `json:"meter_floor_ns_per_run"`
+	FloorPerConn  float64    `json:"meter_floor_ns_per_conn"`
 }
 
 type flood struct {
@@ -96,6 +106,11 @@ var (
 	// A wildcard listener is what most servers have (Go's ":8080" is a
 	// dual-stack [::]); the programs find its entry after looking for the
 	// packet's own address first, as the kernel does.
+	// Where the clients' own sockets would run the same programs (see
+	// tunclient.go): kernel clients on this machine, or a TUN client with
+	// no socket, so that only the server side's programs run.
+	clientMode = flag.String("client", "kernel", "storm clients: kernel (sockets in the server's namespace) or tun (TCP from user space through a TUN device: no client socket, only the server's programs run)")
+	tunWindow  = flag.Int("tun-window", 32, "connections in flight with -client tun")
 	listenAddr = flag.String("listen", "10.77.0.1:8080", "where the bench server listens in its namespace: 10.77.0.1:PORT, or a wildcard (:PORT, 0.0.0.0:PORT); clients dial 10.77.0.1:PORT")
 )
 
@@ -137,7 +152,7 @@ func run() error {
 	var u unix.Utsname
 	unix.Uname(&u)
 	res := result{Kernel: unix.ByteSliceToString(u.Release[:]), Cores: runtime.NumCPU(),
-		RoundSeconds: roundDur.Seconds(), Clients: *clients}
+		RoundSeconds: roundDur.Seconds(), Clients: *clients, Client: *clientMode}
 
 	// Throughput pairs, A B then B A (A: without the agent), so that a
 	// drift of the machine over the run does not favour either side.
@@ -284,6 +299,21 @@ func stormSetup() (*netnstest.NS, *server, func(), error) {
 		cleanup()
 		return nil, nil, nil, err
 	}
+	switch *clientMode {
+	case "kernel", "tun":
+		srv.useTUN = *clientMode == "tun"
+	default:
+		cleanup()
+		return nil, nil, nil, fmt.Errorf("-client %q: kernel or tun", *clientMode)
+	}
+	// Made in every run: the BPF section measures the server side with it
+	// whatever -client says.
+	if srv.tun, err = newTUNClient(ns, srv.addr, *tunWindow); err != nil {
+		cleanup()
+		return nil, nil, nil, err
+	}
+	nsCleanup := cleanup
+	cleanup = func() { srv.tun.close(); nsCleanup() }
 	storm(ns, srv, time.Second)
 	return ns, srv, cleanup, nil
 }
@@ -315,6 +345,10 @@ func setupNetns() (*netnstest.NS, func(), error) {
 type server struct {
 	addr     string
 	accepted atomic.Int64
+	// The socketless client (tunclient.go), and whether the storms use
+	// it (-client tun) rather than kernel sockets.
+	tun    *tunClient
+	useTUN bool
 }
 
 // startServer is a plain accepting server listening on listen, which the
@@ -355,6 +389,21 @@ func storm(ns *netnstest.NS, s *server, d time.Duration) float64 {
 // stormCount connects as fast as the clients can for d and returns how
 // many connections the server accepted meanwhile.
 func stormCount(ns *netnstest.NS, s *server, d time.Duration) int64 {
+	if s.useTUN {
+		s.tun.start()
+		time.Sleep(200 * time.Millisecond) // ramp up
+		start := s.accepted.Load()
+		time.Sleep(d)
+		n := s.accepted.Load() - start
+		s.tun.stop()
+		time.Sleep(50 * time.Millisecond) // the connections in flight end
+		if err := s.tun.err(); err != nil {
+			// Counted as a failed round by every caller.
+			fmt.Fprintf(os.Stderr, "bench: -client tun: %v\n", err)
+			return 0
+		}
+		return n
+	}
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for range *clients {
@@ -548,18 +597,31 @@ func connectOnce(d *net.Dialer, addr string) {
 	c.Close()
 }
 
+// bpfCost measures the BPF time per connection twice: with the kernel
+// clients (their own sockets run the same tracepoints on this machine) and
+// with the TUN client (no client socket: the server side only, what the
+// target is about and what a node whose clients are elsewhere runs).
 func bpfCost(ns *netnstest.NS, s *server, res *result) error {
 	restore, err := enableBPFStats()
 	if err != nil {
 		return err
 	}
 	defer restore()
+	defer func(v bool) { s.useTUN = v }(s.useTUN)
+	s.useTUN = false
 	r, err := bpfRound(ns, s, *agentBin)
 	if err != nil {
 		return err
 	}
 	res.BPF, res.BPFNsPerConn = r.programs(), r.nsPerConn()
 	res.BPFFloorNsPerRun, res.BPFFloorPerConn = r.floorNsPerRun(), r.floorNsPerConn()
+	s.useTUN = true
+	r, err = bpfRound(ns, s, *agentBin)
+	if err != nil {
+		return fmt.Errorf("server side (TUN client): %w", err)
+	}
+	res.BPFServer = &bpfFigure{Programs: r.programs(), NsPerConn: r.nsPerConn(),
+		FloorNsPerRun: r.floorNsPerRun(), FloorPerConn: r.floorNsPerConn()}
 	return nil
 }
 
@@ -755,8 +817,8 @@ loop:
 }
 
 func printTable(w io.Writer, r *result) {
-	fmt.Fprintf(w, "\nlistenwatch bench: kernel %s, %d cores, %d clients, %.0fs rounds, modes: %s\n\n",
-		r.Kernel, r.Cores, r.Clients, r.RoundSeconds, r.Modes)
+	fmt.Fprintf(w, "\nlistenwatch bench: kernel %s, %d cores, %s, %.0fs rounds, modes: %s\n\n",
+		r.Kernel, r.Cores, clientDesc(), r.RoundSeconds, r.Modes)
 	fmt.Fprintf(w, "%-6s %14s %14s %8s %10s %8s\n", "pair", "without conn/s", "with conn/s", "ratio", "agent cpu", "lost")
 	for i, p := range r.Pairs {
 		fmt.Fprintf(w, "%-6d %14.0f %14.0f %8.3f %9.2fs %8.0f\n", i+1, p.Without, p.With, p.Ratio, p.AgentCPU, p.Lost)
@@ -771,13 +833,12 @@ func printTable(w io.Writer, r *result) {
 		fmt.Fprintf(w, "HEADLINE cost ratio (CPU per connection with/without), median of %d pairs: %.3f, 95%% CI [%.3f, %.3f]\n\n",
 			len(r.CostPairs), r.CostRatio, r.CostCI[0], r.CostCI[1])
 	}
-	fmt.Fprintf(w, "%-18s %12s %10s %10s\n", "bpf program", "runs", "ns/run", "ns/conn")
-	for _, p := range r.BPF {
-		fmt.Fprintf(w, "%-18s %12.0f %10.0f %10.0f\n", p.Name, p.Runs, p.NsPerRun, p.NsPerConn)
+	fmt.Fprintf(w, "BPF time, clients with kernel sockets on this machine (their own transitions and packets run the programs too):\n")
+	printBPFFigure(w, bpfFigure{Programs: r.BPF, NsPerConn: r.BPFNsPerConn, FloorNsPerRun: r.BPFFloorNsPerRun, FloorPerConn: r.BPFFloorPerConn}, "")
+	if r.BPFServer != nil {
+		fmt.Fprintf(w, "BPF time, server side only (TUN client: no client socket on this machine):\n")
+		printBPFFigure(w, *r.BPFServer, "   (target <= 1200)")
 	}
-	fmt.Fprintf(w, "BPF time per accepted connection: %.0f ns   (target <= 1200)\n", r.BPFNsPerConn)
-	fmt.Fprintf(w, "  of which the meter's floor: %.0f ns (an empty program read %.0f ns/run, times all programs' runs)\n",
-		r.BPFFloorPerConn, r.BPFFloorNsPerRun)
 	fmt.Fprintf(w, "agent CPU: %.3f s per 100k connections, %.2f%% of a core per 10k conn/s   (target <= 3%%)\n", r.CPUPer100k, r.CPUPctPer10kRate)
 	fmt.Fprintf(w, "agent peak RSS: %.1f MiB   (target <= 40)   ring-buffer losses in the storm: %.0f   (target 0)\n", r.PeakRSSMiB, r.StormLost)
 	if f := r.Flood; f != nil {
@@ -788,6 +849,24 @@ func printTable(w io.Writer, r *result) {
 	if r.Syscall != nil {
 		printSyscallTax(w, r.Syscall)
 	}
+}
+
+// clientDesc says which clients the storms use.
+func clientDesc() string {
+	if *clientMode == "tun" {
+		return fmt.Sprintf("TUN client (no client socket: server side only), %d in flight", *tunWindow)
+	}
+	return fmt.Sprintf("%d kernel clients on this machine", *clients)
+}
+
+func printBPFFigure(w io.Writer, f bpfFigure, target string) {
+	fmt.Fprintf(w, "%-18s %12s %10s %10s\n", "bpf program", "runs", "ns/run", "ns/conn")
+	for _, p := range f.Programs {
+		fmt.Fprintf(w, "%-18s %12.0f %10.0f %10.0f\n", p.Name, p.Runs, p.NsPerRun, p.NsPerConn)
+	}
+	fmt.Fprintf(w, "BPF time per accepted connection: %.0f ns%s\n", f.NsPerConn, target)
+	fmt.Fprintf(w, "  of which the meter's floor: %.0f ns (an empty program read %.0f ns/run, times all programs' runs)\n\n",
+		f.FloorPerConn, f.FloorNsPerRun)
 }
 
 func mapValues(m map[string]*dtoFamily) []*dtoFamily {
