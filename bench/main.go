@@ -109,7 +109,7 @@ var (
 	// Where the clients' own sockets would run the same programs (see
 	// tunclient.go): kernel clients on this machine, or a TUN client with
 	// no socket, so that only the server side's programs run.
-	clientMode = flag.String("client", "kernel", "storm clients: kernel (sockets in the server's namespace) or tun (TCP from user space through a TUN device: no client socket, only the server's programs run)")
+	clientMode = flag.String("client", "tun", "storm clients: tun (TCP from user space through a TUN device: no client socket, only the server's programs run, as on a node whose clients are elsewhere) or kernel (sockets in the server's namespace)")
 	tunWindow  = flag.Int("tun-window", 32, "connections in flight with -client tun")
 	listenAddr = flag.String("listen", "10.77.0.1:8080", "where the bench server listens in its namespace: 10.77.0.1:PORT, or a wildcard (:PORT, 0.0.0.0:PORT); clients dial 10.77.0.1:PORT")
 )
