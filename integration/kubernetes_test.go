@@ -9,11 +9,13 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,14 +42,39 @@ type cluster struct {
 // The host sysctls the kubelet sets with no switch to stop it.
 var kubeletSysctls = []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"}
 
+// freePort is a port free on every address, below the kernel's ephemeral
+// range: a port the kernel picked (127.0.0.1:0) was free only until the
+// cluster's own connections took it as a local port, and the kubelet, which
+// binds 0.0.0.0 a minute later, once failed with "address already in use".
 func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 2048 {
+				low = v
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	base := max(1024, low-16384)
+	for range 200 {
+		p := base + mrand.IntN(low-base)
+		if usedPorts[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		usedPorts[p] = true
+		return p
+	}
+	t.Fatalf("no free port in [%d, %d)", base, low)
+	return 0
 }
+
+// usedPorts are the ports freePort gave out: each once.
+var usedPorts = map[int]bool{}
 
 // startProc starts a cluster process logging to dir/name.log; it is
 // stopped (TERM, then KILL) in reverse order by stop.
