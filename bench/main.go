@@ -105,15 +105,15 @@ var (
 	floodDur   = flag.Duration("flood", 30*time.Second, "SYN flood duration (0: skip)")
 	jsonOut    = flag.String("json", "bench-results.json", "write the figures here as JSON")
 	agentFlags = flag.String("agent-flags", "", "extra flags for listenwatch run")
-	// A wildcard listener is what most servers have (Go's ":8080" is a
-	// dual-stack [::]); the programs find its entry after looking for the
-	// packet's own address first, as the kernel does.
 	// Where the clients' own sockets would run the same programs (see
 	// tunclient.go): kernel clients on this machine, or a TUN client with
 	// no socket, so that only the server side's programs run.
 	clientMode = flag.String("client", "tun", "storm clients: tun (TCP from user space through a TUN device: no client socket, only the server's programs run, as on a node whose clients are elsewhere) or kernel (sockets in the server's namespace)")
 	tunWindow  = flag.Int("tun-window", 32, "connections in flight with -client tun")
 	bpfRoundsN = flag.Int("bpf-rounds", 3, "BPF cost rounds per client setting (the median round is reported)")
+	// A wildcard listener is what most servers have (Go's ":8080" is a
+	// dual-stack [::]); the programs find its entry after looking for the
+	// packet's own address first, as the kernel does.
 	listenAddr = flag.String("listen", "10.77.0.1:8080", "where the bench server listens in its namespace: 10.77.0.1:PORT, or a wildcard (:PORT, 0.0.0.0:PORT); clients dial 10.77.0.1:PORT")
 )
 
@@ -124,6 +124,10 @@ func main() {
 	if *syscallProbeN > 0 {
 		fmt.Printf("%.2f\n", nsPerSyscall(*syscallProbeN))
 		return
+	}
+	if *clientMode != "kernel" && *clientMode != "tun" {
+		fmt.Fprintf(os.Stderr, "bench: -client %q: kernel or tun\n", *clientMode)
+		os.Exit(2)
 	}
 	do := run
 	switch {
@@ -302,13 +306,7 @@ func stormSetup() (*netnstest.NS, *server, func(), error) {
 		cleanup()
 		return nil, nil, nil, err
 	}
-	switch *clientMode {
-	case "kernel", "tun":
-		srv.useTUN = *clientMode == "tun"
-	default:
-		cleanup()
-		return nil, nil, nil, fmt.Errorf("-client %q: kernel or tun", *clientMode)
-	}
+	srv.useTUN = *clientMode == "tun" // checked in main
 	// Made in every run: the BPF section measures the server side with it
 	// whatever -client says (and says so when it cannot).
 	if srv.tun, err = newTUNClient(ns, srv.addr, *tunWindow); err != nil {
