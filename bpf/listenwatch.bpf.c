@@ -46,6 +46,10 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 /* Set by the loader through spec.Variables before load. */
 volatile const __u64 cfg_rsp_lo = 0;        /* tcp_rcv_state_process start */
 volatile const __u64 cfg_rsp_hi = 0;        /* and end (next symbol) */
+volatile const __u64 cfg_rcv4_lo = 0;       /* tcp_v4_rcv start */
+volatile const __u64 cfg_rcv4_hi = 0;       /* and end */
+volatile const __u64 cfg_rcv6_lo = 0;       /* tcp_v6_rcv start (0: no IPv6 in this kernel) */
+volatile const __u64 cfg_rcv6_hi = 0;       /* and end */
 volatile const __u32 cfg_wakeup_records = 1; /* wake the reader after this many records from one CPU */
 volatile const bool cfg_tp_handshake = false; /* handshake stage via inet_sock_set_state */
 volatile const bool cfg_tp_accept = false;    /* accept stage via sys_exit_accept (else errors only) */
@@ -97,6 +101,23 @@ struct {
 	__type(key, __u64);
 	__type(value, struct lw_sock);
 } lw_socks SEC(".maps");
+
+/* Final ACKs that overflowed with tcp_abort_on_overflow set, by request
+ * sock (ack_overflow): the first copy of an ACK seen overflowing claims
+ * the discard that follows the request's drop. Only overflows insert; LRU,
+ * so entries for requests long gone make room. */
+struct lw_req_key {
+	__u64 req;
+	__u32 isn; /* the server's ISN: another request at the same address differs */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct lw_req_key);
+	__type(value, __u8);
+} lw_abort_reqs SEC(".maps");
 
 /* Records this CPU sent since it last woke the reader (see submit). */
 struct {

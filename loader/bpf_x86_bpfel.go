@@ -146,6 +146,13 @@ type bpfLwListenerStats struct {
 	DropsUnreported [5]uint64
 }
 
+type bpfLwReqKey struct {
+	_   structs.HostLayout
+	Req uint64
+	Isn uint32
+	Pad uint32
+}
+
 type bpfLwSeed struct {
 	_       structs.HostLayout
 	Key     bpfLwListenerKey
@@ -165,6 +172,7 @@ type bpfLwSock struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bpfMapLwAbortReqs         = "lw_abort_reqs"
 	bpfMapLwConnSlots         = "lw_conn_slots"
 	bpfMapLwConns             = "lw_conns"
 	bpfMapLwCounters          = "lw_counters"
@@ -195,6 +203,10 @@ const (
 	bpfProgLwTpState          = "lw_tp_state"
 	bpfProgLwTpSynack         = "lw_tp_synack"
 	bpfVarCfgKfreeDrops       = "cfg_kfree_drops"
+	bpfVarCfgRcv4Hi           = "cfg_rcv4_hi"
+	bpfVarCfgRcv4Lo           = "cfg_rcv4_lo"
+	bpfVarCfgRcv6Hi           = "cfg_rcv6_hi"
+	bpfVarCfgRcv6Lo           = "cfg_rcv6_lo"
 	bpfVarCfgRdonlyCast       = "cfg_rdonly_cast"
 	bpfVarCfgRspHi            = "cfg_rsp_hi"
 	bpfVarCfgRspLo            = "cfg_rsp_lo"
@@ -279,6 +291,7 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
+	LwAbortReqs *ebpf.MapSpec `ebpf:"lw_abort_reqs"`
 	LwConnSlots *ebpf.MapSpec `ebpf:"lw_conn_slots"`
 	LwConns     *ebpf.MapSpec `ebpf:"lw_conns"`
 	LwCounters  *ebpf.MapSpec `ebpf:"lw_counters"`
@@ -294,6 +307,10 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	CfgKfreeDrops    *ebpf.VariableSpec `ebpf:"cfg_kfree_drops"`
+	CfgRcv4Hi        *ebpf.VariableSpec `ebpf:"cfg_rcv4_hi"`
+	CfgRcv4Lo        *ebpf.VariableSpec `ebpf:"cfg_rcv4_lo"`
+	CfgRcv6Hi        *ebpf.VariableSpec `ebpf:"cfg_rcv6_hi"`
+	CfgRcv6Lo        *ebpf.VariableSpec `ebpf:"cfg_rcv6_lo"`
 	CfgRdonlyCast    *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
 	CfgRspHi         *ebpf.VariableSpec `ebpf:"cfg_rsp_hi"`
 	CfgRspLo         *ebpf.VariableSpec `ebpf:"cfg_rsp_lo"`
@@ -329,6 +346,7 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
+	LwAbortReqs *ebpf.Map `ebpf:"lw_abort_reqs"`
 	LwConnSlots *ebpf.Map `ebpf:"lw_conn_slots"`
 	LwConns     *ebpf.Map `ebpf:"lw_conns"`
 	LwCounters  *ebpf.Map `ebpf:"lw_counters"`
@@ -341,6 +359,7 @@ type bpfMaps struct {
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.LwAbortReqs,
 		m.LwConnSlots,
 		m.LwConns,
 		m.LwCounters,
@@ -357,6 +376,10 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	CfgKfreeDrops    *ebpf.Variable `ebpf:"cfg_kfree_drops"`
+	CfgRcv4Hi        *ebpf.Variable `ebpf:"cfg_rcv4_hi"`
+	CfgRcv4Lo        *ebpf.Variable `ebpf:"cfg_rcv4_lo"`
+	CfgRcv6Hi        *ebpf.Variable `ebpf:"cfg_rcv6_hi"`
+	CfgRcv6Lo        *ebpf.Variable `ebpf:"cfg_rcv6_lo"`
 	CfgRdonlyCast    *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
 	CfgRspHi         *ebpf.Variable `ebpf:"cfg_rsp_hi"`
 	CfgRspLo         *ebpf.Variable `ebpf:"cfg_rsp_lo"`

@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -168,8 +169,17 @@ func TestSymbolRange(t *testing.T) {
 	if lo != 0xffffffff81a0b2c0 || hi != 0xffffffff81a0c9a0 {
 		t.Fatalf("range %#x-%#x", lo, hi)
 	}
-	if _, _, err := symbolRange(fixtures.Path("kallsyms"), "tcp_nope"); err == nil {
-		t.Fatal("a missing symbol was found")
+	if _, _, err := symbolRange(fixtures.Path("kallsyms"), "tcp_nope"); !errors.Is(err, errNoSymbol) {
+		t.Fatalf("a missing symbol: %v, want errNoSymbol", err)
+	}
+	// A module's function (IPv6 built as a module) has its module's name.
+	if lo, hi, err := symbolRange(fixtures.Path("kallsyms"), "tcp_v6_rcv"); err != nil || lo != 0xffffffffc0a01000 || hi != 0xffffffffc0a01900 {
+		t.Fatalf("module symbol: %#x-%#x, %v", lo, hi, err)
+	}
+	// kernel.kptr_restrict: every address 0. Not "no such function".
+	hidden := "0000000000000000 T tcp_v4_rcv\n0000000000000000 T tcp_v4_do_rcv\n"
+	if _, _, err := parseSymbolRange(strings.NewReader(hidden), "tcp_v4_rcv"); err == nil || errors.Is(err, errNoSymbol) || !strings.Contains(err.Error(), "kptr_restrict") {
+		t.Fatalf("hidden addresses: %v", err)
 	}
 }
 

@@ -2,12 +2,17 @@ package loader
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
+
+// errNoSymbol: kallsyms lists addresses, but not this function.
+var errNoSymbol = errors.New("no such kernel function")
 
 // symbolRange returns the address of a kernel text symbol and of the next
 // text symbol after it: the bounds of the function's code.
@@ -39,7 +44,8 @@ func parseSymbolRange(r io.Reader, name string) (lo, hi uint64, err error) {
 		if err != nil {
 			continue
 		}
-		if fields[2] == name && len(fields) == 3 {
+		// A module's symbols carry its name: "... t tcp_v6_rcv [ipv6]".
+		if fields[2] == name && (len(fields) == 3 || len(fields) == 4 && strings.HasPrefix(fields[3], "[")) {
 			lo = a
 		}
 		addrs = append(addrs, a)
@@ -48,7 +54,10 @@ func parseSymbolRange(r io.Reader, name string) (lo, hi uint64, err error) {
 		return 0, 0, err
 	}
 	if lo == 0 {
-		return 0, 0, fmt.Errorf("no address for %s (kernel.kptr_restrict hides addresses from this user?)", name)
+		if len(addrs) == 0 || slices.Max(addrs) == 0 {
+			return 0, 0, fmt.Errorf("no address for %s (kernel.kptr_restrict hides addresses from this user?)", name)
+		}
+		return 0, 0, fmt.Errorf("%w: %s", errNoSymbol, name)
 	}
 	for _, a := range addrs {
 		if a > lo && (hi == 0 || a < hi) {

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -141,7 +142,7 @@ var stageDefs = []stageDef{
 	{
 		stage:      events.StageDrops,
 		auxiliary:  true,
-		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpKfree, tracing}}}},
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpKfree, tracing}}, prepare: prepareKfree}},
 	},
 	{
 		stage:      events.StageSynackRetx,
@@ -226,6 +227,30 @@ func forcedModeApplies(d stageDef, cfg Config) bool {
 
 func setConst(name string, v any) func(*ebpf.CollectionSpec, procfs.FS) error {
 	return func(spec *ebpf.CollectionSpec, _ procfs.FS) error { return spec.Variables[name].Set(v) }
+}
+
+// prepareKfree gives lw_tp_kfree the code of tcp_v4_rcv and tcp_v6_rcv:
+// a packet freed there was added to the listener's sk_drops by the
+// discard, one freed elsewhere was not (drops.bpf.h). tcp_v6_rcv is
+// optional: a kernel built without IPv6 has none.
+func prepareKfree(spec *ebpf.CollectionSpec, proc procfs.FS) error {
+	lo, hi, err := symbolRange(proc.Path("kallsyms"), "tcp_v4_rcv")
+	if err != nil {
+		return err
+	}
+	v6lo, v6hi, err := symbolRange(proc.Path("kallsyms"), "tcp_v6_rcv")
+	if errors.Is(err, errNoSymbol) {
+		v6lo, v6hi, err = 0, 0, nil
+	}
+	if err != nil {
+		return err
+	}
+	for name, v := range map[string]uint64{bpfVarCfgRcv4Lo: lo, bpfVarCfgRcv4Hi: hi, bpfVarCfgRcv6Lo: v6lo, bpfVarCfgRcv6Hi: v6hi} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // prepareConsume gives lw_tp_consume the address range of

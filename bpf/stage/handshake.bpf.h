@@ -167,19 +167,39 @@ static __always_inline void ack_overflow(const struct sock *listener, const stru
 		p.family = AF_INET;
 	}
 	p.port = bpf_ntohs(BPF_CORE_READ(req, __req_common.skc_dport));
-	drop(st, &k, LW_DROP_ACCEPTQ_ACK, 1, &p, ackq);
-	/* The caller adds this packet to sk_drops after we return: count it
-	 * as seen, so the next SYN does not take it for its own. */
-	__u32 next = BPF_CORE_READ(listener, sk_drops.counter) + 1;
+	/* A cookie's request sock was made for this ACK: no SYN-ACK time. */
+	bool cookie = !BPF_CORE_READ((struct tcp_request_sock *)req, snt_synack);
+	drop(st, &k, cookie ? LW_DROP_ACCEPTQ_COOKIE_ACK : LW_DROP_ACCEPTQ_ACK, 1, &p, ackq);
+	/* Claims this packet's increments of sk_drops (drops.bpf.h), so that
+	 * the next SYN does not take them for its own: tcp_listendrop's, and
+	 * for a request sock the discard its caller adds after we return
+	 * (cookie_v4_check's caller frees the packet without one). */
+	__u32 claim = cookie ? 1 : 2;
+	/* With tcp_abort_on_overflow, tcp_check_req then drops the request. A
+	 * second copy of the ACK that overflowed at the same time on another
+	 * CPU finds it already gone (req_stolen): it is looked up again, not
+	 * discarded. One discard per request: the first copy here claims it. */
+	if (!cookie) {
+		const struct net *net = BPF_CORE_READ(listener, __sk_common.skc_net.net);
+		if (BPF_CORE_READ_BITFIELD_PROBED(&net->ipv4, sysctl_tcp_abort_on_overflow)) {
+			struct lw_req_key rk = {
+				.req = (__u64)req,
+				.isn = BPF_CORE_READ((struct tcp_request_sock *)req, snt_isn),
+			};
+			__u8 one = 1;
+			if (bpf_map_update_elem(&lw_abort_reqs, &rk, &one, BPF_NOEXIST))
+				claim = 1;
+		}
+	}
 	__u64 key = (__u64)listener;
 	int i = group_slot(st, key);
 	if (i >= 0) {
-		st->sock_drops[i & (LW_GROUP_MAX - 1)] = next;
+		__sync_fetch_and_add(&st->sock_drops[i & (LW_GROUP_MAX - 1)], claim);
 		return;
 	}
 	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &key);
 	if (s)
-		s->last_drops = next;
+		__sync_fetch_and_add(&s->last_drops, claim);
 }
 
 /* fentry/kprobe mode: syn_recv_sock returns the child (NULL when the accept

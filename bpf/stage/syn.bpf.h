@@ -44,26 +44,30 @@ static __always_inline struct syn_seen syn_on_socket(struct lw_listener_stats *s
 	__u32 drops = q.drops, qlen = q.qlen, ackq = q.ackq, max = q.max;
 	if (b.fresh)
 		return r; /* first sight: its current values are the baseline */
-	__u32 d = drops - *b.drops;
+	/* Increments of sk_drops no packet has claimed yet (drops.bpf.h). A
+	 * SYN makes at most one (tcp_listendrop) and claims one: more means
+	 * other packets' increments not claimed yet (another CPU refusing a
+	 * SYN between our reads, a final ACK not yet freed), which claim
+	 * their own. Below zero: a packet claimed an increment still to
+	 * come (the discard after syn_recv_sock returns, kprobe mode). A
+	 * SYN queue that grew took this SYN: nothing to claim then. */
+	__s32 d = (__s32)(drops - *b.drops);
 	r.grew = qlen > *b.qlen;
 	r.full_same = qlen > max && !r.grew;
-	*b.drops = drops;
 	*b.qlen = qlen;
-	if (d) {
+	if (d > 0 && !r.grew) {
+		__sync_fetch_and_add(b.drops, 1);
 		__u32 why = LW_DROP_OTHER;
 		if (ackq > max)
 			why = LW_DROP_ACCEPTQ_SYN;
 		else if (qlen > max)
 			why = LW_DROP_SYNQ_FULL;
-		/* d > 1: another CPU refused a SYN of this socket between our
-		 * reads; at the same instant, for the same reason. */
-		d = d < 1024 ? d : 1;
-		drop_count(st, why, d);
-		r.n[why] = d;
+		drop_count(st, why, 1);
+		r.n[why] = 1;
 		r.ackq = ackq;
 		r.dropped = true;
 	}
-	if (d || r.grew) {
+	if (r.dropped || r.grew) {
 		st->last_qlen = qlen;
 		st->last_ackq = ackq;
 	}
