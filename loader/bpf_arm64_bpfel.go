@@ -120,30 +120,30 @@ type bpfLwListenerKey struct {
 
 type bpfLwListenerStats struct {
 	_               structs.HostLayout
-	Syns            uint64
-	Handshakes      uint64
-	Accepted        uint64
 	Sockets         int64
 	Drops           [5]uint64
 	CookiesSent     uint64
 	SynackRetrans   uint64
-	AcceptErrors    [2]uint64
+	Syns            uint64
+	Handshakes      uint64
+	SockQlen        [8]uint32
+	LastQlen        uint32
+	LastAckq        uint32
 	Socks           [8]uint64
 	SockDrops       [8]uint32
-	SockQlen        [8]uint32
+	AcceptErrors    [2]uint64
 	ClosedAt        uint64
-	LastQlen        uint32
-	Pid             uint32
 	Backlog         uint32
 	ReqBacklog      uint32
-	LastAckq        uint32
-	Comm            [16]int8
-	Owners          [4]uint32
-	OwnerNext       uint32
 	DropWindowSent  uint32
 	_               [4]byte
 	DropWindow      uint64
 	DropsUnreported [5]uint64
+	Accepted        uint64
+	Pid             uint32
+	Owners          [4]uint32
+	OwnerNext       uint32
+	Comm            [16]int8
 }
 
 type bpfLwReqKey struct {
