@@ -176,6 +176,30 @@ func (p *rawPeer) ack(t *testing.T, ports ...uint16) {
 	}
 }
 
+// needACKOverflows skips a test of final-ACK overflows where they cannot
+// be seen.
+func needACKOverflows(t *testing.T) {
+	t.Helper()
+	need(t, events.StageSYN)
+	if !has(events.StageDrops) && modeOf(events.StageHandshake) == events.ModeTracepoint {
+		t.Skip("final-ACK overflows are invisible on this kernel in tracepoint mode: kfree_skb has no rx_sk before 6.11")
+	}
+}
+
+// overflowPair is floodPair with SYN cookies on and
+// tcp_abort_on_overflow set to abort in the server's namespace.
+func overflowPair(t *testing.T, abort string) (server, peer *netnstest.NS) {
+	t.Helper()
+	server, peer = floodPair(t)
+	if err := server.Sysctl("net.ipv4.tcp_syncookies", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := server.Sysctl("net.ipv4.tcp_abort_on_overflow", abort); err != nil {
+		t.Fatal(err)
+	}
+	return server, peer
+}
+
 func seq(from, n int) []uint16 {
 	var out []uint16
 	for i := range n {
@@ -190,19 +214,10 @@ func seq(from, n int) []uint16 {
 // cookies on: 5 SYNs get request socks, 7 more get cookies; 5 cookie ACKs
 // fill the queue; then the 5 regular ACKs and 2 cookie ACKs overflow.
 func TestOverflowAfterTheSYN(t *testing.T) {
-	need(t, events.StageSYN)
-	if !has(events.StageDrops) && modeOf(events.StageHandshake) == events.ModeTracepoint {
-		t.Skip("final-ACK overflows are invisible on this kernel in tracepoint mode: kfree_skb has no rx_sk before 6.11")
-	}
+	needACKOverflows(t)
 	for i, abort := range []string{"0", "1"} {
 		t.Run("abort_on_overflow="+abort, func(t *testing.T) {
-			server, peer := floodPair(t)
-			if err := server.Sysctl("net.ipv4.tcp_syncookies", "1"); err != nil {
-				t.Fatal(err)
-			}
-			if err := server.Sysctl("net.ipv4.tcp_abort_on_overflow", abort); err != nil {
-				t.Fatal(err)
-			}
+			server, peer := overflowPair(t, abort)
 			addr := netip.AddrPortFrom(netip.MustParseAddr("10.88.0.1"), uint16(8686+i))
 			fd := listen(t, server, addr, 4)
 			key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
@@ -336,10 +351,7 @@ func (w *twins) send(pkt []byte) error {
 // cookie ACK overflows (freed without that second increment) and one more
 // SYN is dropped.
 func TestDuplicateFinalACKs(t *testing.T) {
-	need(t, events.StageSYN)
-	if !has(events.StageDrops) && modeOf(events.StageHandshake) == events.ModeTracepoint {
-		t.Skip("final-ACK overflows are invisible on this kernel in tracepoint mode: kfree_skb has no rx_sk before 6.11")
-	}
+	needACKOverflows(t)
 	if runtime.NumCPU() < 2 {
 		// The counts must still be exact; only the race is not run.
 		t.Log("one CPU: the two copies of each ACK come one after the other")
@@ -347,13 +359,7 @@ func TestDuplicateFinalACKs(t *testing.T) {
 	const backlog, rounds = 8, 6
 	for i, abort := range []string{"0", "1"} {
 		t.Run("abort_on_overflow="+abort, func(t *testing.T) {
-			server, peer := floodPair(t)
-			if err := server.Sysctl("net.ipv4.tcp_syncookies", "1"); err != nil {
-				t.Fatal(err)
-			}
-			if err := server.Sysctl("net.ipv4.tcp_abort_on_overflow", abort); err != nil {
-				t.Fatal(err)
-			}
+			server, peer := overflowPair(t, abort)
 			tap.watch(t, server.Inode)
 			addr := netip.AddrPortFrom(netip.MustParseAddr("10.88.0.1"), 8690)
 			p := newRawPeer(t, server, peer, addr)
