@@ -318,11 +318,13 @@ func newTwins(t *testing.T, p *rawPeer) *twins {
 			set.Set(cpu % runtime.NumCPU())
 			err := unix.SchedSetaffinity(0, &set)
 			for pkt := range w.in[cpu] {
+				// At the barrier even after an error: the other thread
+				// waits here for this one.
+				w.ready.Add(1)
+				for w.ready.Load() < 2 {
+					unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // let the other thread on this CPU run
+				}
 				if err == nil {
-					w.ready.Add(1)
-					for w.ready.Load() < 2 {
-						unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // let the other thread on this CPU run
-					}
 					err = p.sendPacket(pkt)
 				}
 				w.done <- err
