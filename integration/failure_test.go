@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -143,6 +144,11 @@ func (o *overflow) finish(t *testing.T) {
 	}
 	if l.TotalDrops() != ld {
 		t.Errorf("netns %d: listenwatch drops %d, kernel ListenDrops %d", o.ns.Inode, l.TotalDrops(), ld)
+	}
+	if t.Failed() {
+		var b strings.Builder
+		reportMisses(&b)
+		t.Log(strings.TrimSpace(b.String()))
 	}
 	checkDropRecords(t, l, o.key.Addr) // the clients connect from the listener's address
 }
@@ -448,40 +454,59 @@ func TestFloodMemoryFlat(t *testing.T) {
 	fd := listen(t, server, addr, 128)
 	defer unix.Close(fd)
 	key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
+	flood := func(secs int) {
+		t.Helper()
+		if err := peer.Run("timeout", "-s", "INT", strconv.Itoa(secs), "hping3", "-q", "-S", "-p", "8585",
+			"--flood", "--rand-source", addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status") {
+			t.Fatal(err)
+		}
+	}
+	// A first second of flood warms every code path and buffer a flood
+	// touches (the drop and cookie paths, the reader's batches): what
+	// they allocate once is not growth.
+	flood(1)
 
-	// What the process holds, not what it once touched: anonymous memory
-	// only (heap, stacks; VmRSS also counts the test binary's code, paged
-	// in as the flood runs code paths for the first time), with the
-	// garbage the runtime freed but had not yet returned given back. With
-	// VmRSS and runtime.GC() alone, 5 s guest runs read +9.3 and +6.7 MiB
-	// in one run of several, -4 to +2 in the others.
-	debug.FreeOSMemory()
-	rss0 := anonRSS(t)
+	// The agent's own data, not what the process once touched: the live
+	// Go heap after a collection. Its resident memory is logged, not
+	// asserted: under load its anonymous RSS moved by up to 9 MiB between
+	// two readings with nothing kept (thread stacks, the runtime's
+	// scavenger; a kernel-matrix guest on a busy host read +6.4 MiB after
+	// 13,518 SYNs), which would hide a leak of its size or fail the test
+	// without one. What the process pays under a flood, RSS included, is
+	// make bench's SYN flood section.
+	heap0, rss0 := liveHeap(), anonRSS(t)
 	// Only this namespace's entries: other tests and other BPF users on
 	// the host (a second agent, an on-call trace) change the totals.
 	listeners0, conns0, series0 := nsTables(t, server.Inode)
 	syn0 := listener(t, key).SYNs
-	if err := peer.Run("timeout", "-s", "INT", strconv.Itoa(secs), "hping3", "-q", "-S", "-p", "8585",
-		"--flood", "--rand-source", addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status") {
-		t.Fatal(err)
-	}
-	debug.FreeOSMemory()
-	rss1 := anonRSS(t)
+	flood(secs)
+	heap1, rss1 := liveHeap(), anonRSS(t)
 	listeners1, conns1, series1 := nsTables(t, server.Inode)
 	syns := listener(t, key).SYNs - syn0
-	t.Logf("%d s flood: %d SYNs seen; anonymous RSS %.1f -> %.1f MiB; listeners %d -> %d; conns %d -> %d; series %d -> %d",
-		secs, syns, float64(rss0)/(1<<20), float64(rss1)/(1<<20), listeners0, listeners1, conns0, conns1, series0, series1)
+	mib := func(b uint64) float64 { return float64(b) / (1 << 20) }
+	t.Logf("%d s flood: %d SYNs seen; live heap %.2f -> %.2f MiB; anonymous RSS %.1f -> %.1f MiB; listeners %d -> %d; conns %d -> %d; series %d -> %d",
+		secs, syns, mib(heap0), mib(heap1), mib(rss0), mib(rss1), listeners0, listeners1, conns0, conns1, series0, series1)
 	if syns < 1000 {
 		t.Fatalf("only %d SYNs reached the listener: the flood did not happen", syns)
 	}
-	// 4 MiB: 100 bytes kept per SYN of a 5 s guest flood (40k SYNs).
-	if rss1 > rss0+4<<20 {
-		t.Errorf("anonymous RSS grew by %.1f MiB during the flood", float64(rss1-rss0)/(1<<20))
+	// 512 KiB: 40 bytes kept per SYN of the slowest guest flood seen
+	// (13k SYNs in 5 s) fails it.
+	if heap1 > heap0+512<<10 {
+		t.Errorf("live heap grew by %.2f MiB during the flood (%d SYNs)", mib(heap1-heap0), syns)
 	}
 	if listeners1 != listeners0 || conns1 != conns0 || series1 > series0+1 {
 		t.Errorf("tables grew: listeners %d -> %d, conns %d -> %d, series %d -> %d",
 			listeners0, listeners1, conns0, conns1, series0, series1)
 	}
+}
+
+// liveHeap is the Go heap in use right after a full collection: what the
+// process keeps.
+func liveHeap() uint64 {
+	debug.FreeOSMemory() // a full collection, and the freed pages returned
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
 
 // reuseportGroup opens n listening sockets sharing addr (SO_REUSEPORT),
