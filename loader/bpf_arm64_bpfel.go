@@ -178,6 +178,7 @@ const (
 	bpfMapLwCounters          = "lw_counters"
 	bpfMapLwEvents            = "lw_events"
 	bpfMapLwKpArgs            = "lw_kp_args"
+	bpfMapLwKpCpu             = "lw_kp_cpu"
 	bpfMapLwListeners         = "lw_listeners"
 	bpfMapLwSocks             = "lw_socks"
 	bpfMapLwUnwoken           = "lw_unwoken"
@@ -297,6 +298,7 @@ type bpfMapSpecs struct {
 	LwCounters  *ebpf.MapSpec `ebpf:"lw_counters"`
 	LwEvents    *ebpf.MapSpec `ebpf:"lw_events"`
 	LwKpArgs    *ebpf.MapSpec `ebpf:"lw_kp_args"`
+	LwKpCpu     *ebpf.MapSpec `ebpf:"lw_kp_cpu"`
 	LwListeners *ebpf.MapSpec `ebpf:"lw_listeners"`
 	LwSocks     *ebpf.MapSpec `ebpf:"lw_socks"`
 	LwUnwoken   *ebpf.MapSpec `ebpf:"lw_unwoken"`
@@ -352,6 +354,7 @@ type bpfMaps struct {
 	LwCounters  *ebpf.Map `ebpf:"lw_counters"`
 	LwEvents    *ebpf.Map `ebpf:"lw_events"`
 	LwKpArgs    *ebpf.Map `ebpf:"lw_kp_args"`
+	LwKpCpu     *ebpf.Map `ebpf:"lw_kp_cpu"`
 	LwListeners *ebpf.Map `ebpf:"lw_listeners"`
 	LwSocks     *ebpf.Map `ebpf:"lw_socks"`
 	LwUnwoken   *ebpf.Map `ebpf:"lw_unwoken"`
@@ -365,6 +368,7 @@ func (m *bpfMaps) Close() error {
 		m.LwCounters,
 		m.LwEvents,
 		m.LwKpArgs,
+		m.LwKpCpu,
 		m.LwListeners,
 		m.LwSocks,
 		m.LwUnwoken,

@@ -61,7 +61,7 @@ func wakeupRecords(wakeupBytes uint32, cpus int) uint32 {
 }
 
 // sharedMaps are created once and handed to every program.
-var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwSocks, bpfMapLwConns, bpfMapLwConnSlots, bpfMapLwCounters, bpfMapLwKpArgs, bpfMapLwUnwoken, bpfMapLwAbortReqs}
+var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwSocks, bpfMapLwConns, bpfMapLwConnSlots, bpfMapLwCounters, bpfMapLwKpArgs, bpfMapLwKpCpu, bpfMapLwUnwoken, bpfMapLwAbortReqs}
 
 // Open loads and attaches listenwatch. Stages that cannot attach in auto
 // mode are logged and reported by Hooks; in a forced mode they are an error.

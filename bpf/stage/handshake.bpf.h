@@ -259,7 +259,7 @@ int lw_fexit_syn_recv6(__u64 *ctx)
 SEC("kprobe/tcp_v4_syn_recv_sock")
 int lw_kp_syn_recv4(struct pt_regs *ctx)
 {
-	kp_save(0, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+	kp_save_cpu(KP_SLOT_SYN_RECV, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
 	return 0;
 }
 
@@ -267,7 +267,7 @@ SEC("kprobe/tcp_v6_syn_recv_sock")
 int lw_kp_syn_recv6(struct pt_regs *ctx)
 {
 	if (!v4_mapped((const struct sk_buff *)PT_REGS_PARM2(ctx)))
-		kp_save(0, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+		kp_save_cpu(KP_SLOT_SYN_RECV, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
 	return 0;
 }
 
@@ -277,7 +277,7 @@ SEC("kretprobe/tcp_v4_syn_recv_sock")
 int BPF_KRETPROBE(lw_krp_syn_recv4, struct sock *child)
 {
 	struct kp_args a;
-	if (kp_take(0, &a) == 0)
+	if (kp_take_cpu(KP_SLOT_SYN_RECV, &a) == 0)
 		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
 	return 0;
 }
@@ -286,7 +286,7 @@ SEC("kretprobe/tcp_v6_syn_recv_sock")
 int BPF_KRETPROBE(lw_krp_syn_recv6, struct sock *child)
 {
 	struct kp_args a;
-	if (kp_take(0, &a) == 0)
+	if (kp_take_cpu(KP_SLOT_SYN_RECV, &a) == 0)
 		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
 	return 0;
 }

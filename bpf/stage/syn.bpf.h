@@ -126,12 +126,10 @@ int BPF_PROG(lw_fexit_conn_request, struct request_sock_ops *rsk_ops, void *af_o
 	return 0;
 }
 
-#define KP_CONN_REQUEST (1ULL << 62)
-
 SEC("kprobe/tcp_conn_request")
 int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
 {
-	kp_save(KP_CONN_REQUEST, (__u64)sk, 0, 0);
+	kp_save_cpu(KP_SLOT_CONN_REQUEST, (__u64)sk, 0, 0);
 	return 0;
 }
 
@@ -139,7 +137,7 @@ SEC("kretprobe/tcp_conn_request")
 int BPF_KRETPROBE(lw_krp_conn_request)
 {
 	struct kp_args a;
-	if (kp_take(KP_CONN_REQUEST, &a) == 0)
+	if (kp_take_cpu(KP_SLOT_CONN_REQUEST, &a) == 0)
 		syn_at_listener((const struct sock *)a.sk, NULL); /* the skb is not kept */
 	return 0;
 }

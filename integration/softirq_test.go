@@ -1,0 +1,165 @@
+package integration
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/listenwatch/listenwatch/events"
+	"github.com/listenwatch/listenwatch/internal/netnstest"
+	"golang.org/x/sys/unix"
+)
+
+// TestPacketsOnIdleCPUs: on a node, a listener's packets are handled in
+// softirq on whichever CPU the NIC's interrupt (or RPS) picks, mostly
+// interrupting the idle task, whose pid is 0 on every CPU. Here receive
+// packet steering on the namespace's loopback hands every packet to a CPU
+// the test's threads do not run on (they stay on CPU 0), so that several
+// CPUs handle them from idle at once. Every connection must still be seen
+// whole, and the drop counts must stay exact.
+//
+// kprobe mode once met its entry and return probes by thread: two CPUs in
+// the idle task took each other's arguments, and a handshake was read with
+// another's request sock or lost (auto mode on 6.1 hooks the handshake
+// with kprobes). The kernel matrix runs this test in a guest with 3 vCPUs.
+func TestPacketsOnIdleCPUs(t *testing.T) {
+	need(t, events.StageSYN, events.StageHandshake, events.StageAccept)
+	if n := runtime.NumCPU(); n < 3 {
+		t.Skipf("needs 3 CPUs (the test's own and two handling packets from idle), have %d", n)
+	}
+	t.Run("accepted", func(t *testing.T) {
+		ns := steeredNS(t)
+		tap.watch(t, ns.Inode)
+		addr := netip.MustParseAddrPort("127.0.0.1:8282")
+		fd := listen(t, ns, addr, 1024)
+		key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
+		base := listener(t, key)
+		const rounds, burst = 40, 50
+		var clients []netip.AddrPort
+		onCPU(t, 0, func() {
+			go func() {
+				// accept() on CPU 0 too: the other CPUs stay idle.
+				runtime.LockOSThread()
+				var set unix.CPUSet
+				set.Set(0)
+				unix.SchedSetaffinity(0, &set) // the thread ends with serve's goroutine
+				serve(fd)
+			}()
+			for range rounds {
+				fds := connectNonBlocking(t, ns, addr, burst)
+				for _, c := range waitConnected(t, fds) {
+					clients = append(clients, c)
+				}
+				closeAll(fds)
+			}
+		})
+		n := uint64(len(clients))
+		eventually(t, settle, func() (bool, string) {
+			l := listener(t, key)
+			return l.Accepted-base.Accepted == n, fmt.Sprintf("accepted %d, want %d", l.Accepted-base.Accepted, n)
+		})
+		l := listener(t, key)
+		if l.SYNs-base.SYNs != n || l.Handshakes-base.Handshakes != n {
+			t.Errorf("syns +%d handshakes +%d, want %d each", l.SYNs-base.SYNs, l.Handshakes-base.Handshakes, n)
+		}
+		eventually(t, settle, func() (bool, string) {
+			missing := 0
+			for _, c := range clients {
+				if _, ok := tap.get(c); !ok {
+					missing++
+				}
+			}
+			return missing == 0, fmt.Sprintf("%d of %d accepted connections without a record", missing, n)
+		})
+		bad := 0
+		for _, c := range clients {
+			conn, ok := tap.get(c)
+			if !ok || conn.Flags&events.FlagHandshake == 0 || conn.SYNACKSent == 0 || conn.Established < conn.SYNACKSent || conn.Accepted < conn.Established {
+				if bad++; bad <= 5 {
+					t.Errorf("client %v: record %v %+v: want a whole timeline (handshake seen, SYN-ACK <= established <= accepted)", c, ok, conn)
+				}
+			}
+		}
+		t.Logf("%d connections, %d without a whole timeline", n, bad)
+	})
+	t.Run("accept queue overflow", func(t *testing.T) {
+		ns := steeredNS(t)
+		var o *overflow
+		onCPU(t, 0, func() { o = startOverflow(t, ns, 200) })
+		// The clients' SYN retransmits (1 s) come from their timers on
+		// CPU 0, in softirq, while the steered packets are handled
+		// elsewhere.
+		time.Sleep(1500 * time.Millisecond)
+		o.finish(t)
+	})
+}
+
+// steeredNS is a new namespace whose loopback hands every packet it
+// receives to the CPUs other than CPU 0 (receive packet steering).
+func steeredNS(t *testing.T) *netnstest.NS {
+	t.Helper()
+	ns := newNS(t)
+	var mask uint64
+	for cpu := 1; cpu < min(runtime.NumCPU(), 64); cpu++ {
+		mask |= 1 << cpu
+	}
+	// ip netns exec mounts the namespace's own sysfs.
+	path := "/sys/class/net/lo/queues/rx-0/rps_cpus"
+	if err := ns.Run("sh", "-c", fmt.Sprintf("echo %x > %s && cat %s > /dev/stderr", mask, path, path)); err != nil {
+		t.Fatalf("receive packet steering on the namespace's loopback: %v", err)
+	}
+	return ns
+}
+
+// onCPU runs f on the calling goroutine's thread pinned to one CPU, and
+// gives the thread its former CPUs back afterwards.
+func onCPU(t *testing.T, cpu int, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var old, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatal(err)
+	}
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		t.Fatalf("pin to CPU %d: %v", cpu, err)
+	}
+	defer unix.SchedSetaffinity(0, &old)
+	f()
+}
+
+// waitConnected waits until every non-blocking connect on fds completed and
+// returns the clients' addresses.
+func waitConnected(t *testing.T, fds []int) []netip.AddrPort {
+	t.Helper()
+	out := make([]netip.AddrPort, 0, len(fds))
+	deadline := time.Now().Add(settle)
+	for _, fd := range fds {
+		for {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			n, err := unix.Poll(pfd, 100)
+			if err != nil && err != unix.EINTR {
+				t.Fatal(err)
+			}
+			if n == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("connect did not complete in %v", settle)
+			}
+		}
+		if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || e != 0 {
+			t.Fatalf("connect: %v %v", err, unix.Errno(e))
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := sa.(*unix.SockaddrInet4)
+		out = append(out, netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)))
+	}
+	return out
+}
