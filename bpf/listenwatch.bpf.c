@@ -119,6 +119,24 @@ struct {
 	__type(value, __u8);
 } lw_abort_reqs SEC(".maps");
 
+/* A final ACK that overflowed a listener's accept queue, whose discard
+ * (tcp_v{4,6}_rcv adding it to sk_drops, then freeing it) is still to
+ * come on this CPU: ack_overflow sets it, lw_tp_discard claims the
+ * discard when the packet is freed there (kernels before 6.11, see
+ * ack_overflow). Per CPU: the two happen in one softirq, in that order. */
+struct lw_discard {
+	__u64 skb;
+	__u64 sk; /* the listening socket */
+	struct lw_listener_key key;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lw_discard);
+} lw_discard_cpu SEC(".maps");
+
 /* Records this CPU sent since it last woke the reader (see submit). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

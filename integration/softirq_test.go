@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,69 +24,17 @@ import (
 // kprobe mode once met its entry and return probes by thread: two CPUs in
 // the idle task took each other's arguments, and a handshake was read with
 // another's request sock or lost (auto mode on 6.1 hooks the handshake
-// with kprobes). The kernel matrix runs this test in a guest with 3 vCPUs.
+// with kprobes). The kernel matrix runs this test in a guest with 4 vCPUs.
 func TestPacketsOnIdleCPUs(t *testing.T) {
 	need(t, events.StageSYN, events.StageHandshake, events.StageAccept)
 	if n := runtime.NumCPU(); n < 3 {
 		t.Skipf("needs 3 CPUs (the test's own and two handling packets from idle), have %d", n)
 	}
 	t.Run("accepted", func(t *testing.T) {
-		ns := steeredNS(t)
-		tap.watch(t, ns.Inode)
-		addr := netip.MustParseAddrPort("127.0.0.1:8282")
-		fd := listen(t, ns, addr, 1024)
-		key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
-		base := listener(t, key)
-		const rounds, burst = 40, 50
-		var clients []netip.AddrPort
-		onCPU(t, 0, func() {
-			go func() {
-				// accept() on CPU 0 too: the other CPUs stay idle.
-				runtime.LockOSThread()
-				var set unix.CPUSet
-				set.Set(0)
-				unix.SchedSetaffinity(0, &set) // the thread ends with serve's goroutine
-				serve(fd)
-			}()
-			for range rounds {
-				fds := connectNonBlocking(t, ns, addr, burst)
-				for _, c := range waitConnected(t, fds) {
-					clients = append(clients, c)
-				}
-				closeAll(fds)
-			}
-		})
-		n := uint64(len(clients))
-		eventually(t, settle, func() (bool, string) {
-			l := listener(t, key)
-			return l.Accepted-base.Accepted == n, fmt.Sprintf("accepted %d, want %d", l.Accepted-base.Accepted, n)
-		})
-		l := listener(t, key)
-		if l.SYNs-base.SYNs != n || l.Handshakes-base.Handshakes != n {
-			t.Errorf("syns +%d handshakes +%d, want %d each", l.SYNs-base.SYNs, l.Handshakes-base.Handshakes, n)
-		}
-		eventually(t, settle, func() (bool, string) {
-			missing := 0
-			for _, c := range clients {
-				if _, ok := tap.get(c); !ok {
-					missing++
-				}
-			}
-			return missing == 0, fmt.Sprintf("%d of %d accepted connections without a record", missing, n)
-		})
-		bad := 0
-		for _, c := range clients {
-			conn, ok := tap.get(c)
-			if !ok || conn.Flags&events.FlagHandshake == 0 || conn.SYNACKSent == 0 || conn.Established < conn.SYNACKSent || conn.Accepted < conn.Established {
-				if bad++; bad <= 5 {
-					t.Errorf("client %v: record %v %+v: want a whole timeline (handshake seen, SYN-ACK <= established <= accepted)", c, ok, conn)
-				}
-			}
-		}
-		t.Logf("%d connections, %d without a whole timeline", n, bad)
+		wholeTimelines(t, steeredNS(t, notCPU0()), 0)
 	})
 	t.Run("accept queue overflow", func(t *testing.T) {
-		ns := steeredNS(t)
+		ns := steeredNS(t, notCPU0())
 		var o *overflow
 		onCPU(t, 0, func() { o = startOverflow(t, ns, 200) })
 		// The clients' SYN retransmits (1 s) come from their timers on
@@ -96,21 +45,85 @@ func TestPacketsOnIdleCPUs(t *testing.T) {
 	})
 }
 
+// wholeTimelines: 2,000 connections from CPU 0, accepted by a thread on
+// serverCPU: every one counted at each stage and seen whole.
+func wholeTimelines(t *testing.T, ns *netnstest.NS, serverCPU int) {
+	tap.watch(t, ns.Inode)
+	addr := netip.MustParseAddrPort("127.0.0.1:8282")
+	fd := listen(t, ns, addr, 1024)
+	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
+	base := listener(t, key)
+	const rounds, burst = 40, 50
+	var clients []netip.AddrPort
+	go func() {
+		runtime.LockOSThread()
+		var set unix.CPUSet
+		set.Set(serverCPU)
+		unix.SchedSetaffinity(0, &set) // the thread ends with serve's goroutine
+		serve(fd)
+	}()
+	onCPU(t, 0, func() {
+		for range rounds {
+			fds := connectNonBlocking(t, ns, addr, burst)
+			clients = append(clients, waitConnected(t, fds)...)
+			closeAll(fds)
+		}
+	})
+	n := uint64(len(clients))
+	eventually(t, settle, func() (bool, string) {
+		l := listener(t, key)
+		return l.Accepted-base.Accepted == n, fmt.Sprintf("accepted %d, want %d", l.Accepted-base.Accepted, n)
+	})
+	l := listener(t, key)
+	if l.SYNs-base.SYNs != n || l.Handshakes-base.Handshakes != n {
+		t.Errorf("syns +%d handshakes +%d, want %d each", l.SYNs-base.SYNs, l.Handshakes-base.Handshakes, n)
+	}
+	eventually(t, settle, func() (bool, string) {
+		missing := 0
+		for _, c := range clients {
+			if _, ok := tap.get(c); !ok {
+				missing++
+			}
+		}
+		return missing == 0, fmt.Sprintf("%d of %d accepted connections without a record", missing, n)
+	})
+	bad := 0
+	for _, c := range clients {
+		conn, ok := tap.get(c)
+		if !ok || conn.Flags&events.FlagHandshake == 0 || conn.SYNACKSent == 0 || conn.Established < conn.SYNACKSent || conn.Accepted < conn.Established {
+			if bad++; bad <= 5 {
+				t.Errorf("client %v: record %v %+v: want a whole timeline (handshake seen, SYN-ACK <= established <= accepted)", c, ok, conn)
+			}
+		}
+	}
+	t.Logf("%d connections, %d without a whole timeline", n, bad)
+	if t.Failed() {
+		var b strings.Builder
+		reportMisses(&b)
+		t.Log(strings.TrimSpace(b.String()))
+	}
+}
+
 // steeredNS is a new namespace whose loopback hands every packet it
-// receives to the CPUs other than CPU 0 (receive packet steering).
-func steeredNS(t *testing.T) *netnstest.NS {
+// receives to the CPUs in mask (receive packet steering).
+func steeredNS(t *testing.T, mask uint64) *netnstest.NS {
 	t.Helper()
 	ns := newNS(t)
-	var mask uint64
-	for cpu := 1; cpu < min(runtime.NumCPU(), 64); cpu++ {
-		mask |= 1 << cpu
-	}
 	// ip netns exec mounts the namespace's own sysfs.
 	path := "/sys/class/net/lo/queues/rx-0/rps_cpus"
 	if err := ns.Run("sh", "-c", fmt.Sprintf("echo %x > %s && cat %s > /dev/stderr", mask, path, path)); err != nil {
 		t.Fatalf("receive packet steering on the namespace's loopback: %v", err)
 	}
 	return ns
+}
+
+// notCPU0 is the mask of every CPU but CPU 0, where the test's threads run.
+func notCPU0() uint64 {
+	var mask uint64
+	for cpu := 1; cpu < min(runtime.NumCPU(), 64); cpu++ {
+		mask |= 1 << cpu
+	}
+	return mask
 }
 
 // onCPU runs f on the calling goroutine's thread pinned to one CPU, and

@@ -16,6 +16,7 @@ import (
 type bpfKpArgs struct {
 	_      structs.HostLayout
 	Sk     uint64
+	Skb    uint64
 	Req    uint64
 	OwnReq uint64
 }
@@ -54,6 +55,13 @@ const (
 	bpfLwCounterLW_C_UNATTRIBUTED_ACCEPT    bpfLwCounter = 3
 	bpfLwCounterLW_C_MAX                    bpfLwCounter = 4
 )
+
+type bpfLwDiscard struct {
+	_   structs.HostLayout
+	Skb uint64
+	Sk  uint64
+	Key bpfLwListenerKey
+}
 
 type bpfLwDrop uint32
 
@@ -176,6 +184,7 @@ const (
 	bpfMapLwConnSlots         = "lw_conn_slots"
 	bpfMapLwConns             = "lw_conns"
 	bpfMapLwCounters          = "lw_counters"
+	bpfMapLwDiscardCpu        = "lw_discard_cpu"
 	bpfMapLwEvents            = "lw_events"
 	bpfMapLwKpArgs            = "lw_kp_args"
 	bpfMapLwKpCpu             = "lw_kp_cpu"
@@ -200,6 +209,7 @@ const (
 	bpfProgLwTpAccept         = "lw_tp_accept"
 	bpfProgLwTpAccept4        = "lw_tp_accept4"
 	bpfProgLwTpConsume        = "lw_tp_consume"
+	bpfProgLwTpDiscard        = "lw_tp_discard"
 	bpfProgLwTpKfree          = "lw_tp_kfree"
 	bpfProgLwTpState          = "lw_tp_state"
 	bpfProgLwTpSynack         = "lw_tp_synack"
@@ -283,6 +293,7 @@ type bpfProgramSpecs struct {
 	LwTpAccept         *ebpf.ProgramSpec `ebpf:"lw_tp_accept"`
 	LwTpAccept4        *ebpf.ProgramSpec `ebpf:"lw_tp_accept4"`
 	LwTpConsume        *ebpf.ProgramSpec `ebpf:"lw_tp_consume"`
+	LwTpDiscard        *ebpf.ProgramSpec `ebpf:"lw_tp_discard"`
 	LwTpKfree          *ebpf.ProgramSpec `ebpf:"lw_tp_kfree"`
 	LwTpState          *ebpf.ProgramSpec `ebpf:"lw_tp_state"`
 	LwTpSynack         *ebpf.ProgramSpec `ebpf:"lw_tp_synack"`
@@ -292,16 +303,17 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	LwAbortReqs *ebpf.MapSpec `ebpf:"lw_abort_reqs"`
-	LwConnSlots *ebpf.MapSpec `ebpf:"lw_conn_slots"`
-	LwConns     *ebpf.MapSpec `ebpf:"lw_conns"`
-	LwCounters  *ebpf.MapSpec `ebpf:"lw_counters"`
-	LwEvents    *ebpf.MapSpec `ebpf:"lw_events"`
-	LwKpArgs    *ebpf.MapSpec `ebpf:"lw_kp_args"`
-	LwKpCpu     *ebpf.MapSpec `ebpf:"lw_kp_cpu"`
-	LwListeners *ebpf.MapSpec `ebpf:"lw_listeners"`
-	LwSocks     *ebpf.MapSpec `ebpf:"lw_socks"`
-	LwUnwoken   *ebpf.MapSpec `ebpf:"lw_unwoken"`
+	LwAbortReqs  *ebpf.MapSpec `ebpf:"lw_abort_reqs"`
+	LwConnSlots  *ebpf.MapSpec `ebpf:"lw_conn_slots"`
+	LwConns      *ebpf.MapSpec `ebpf:"lw_conns"`
+	LwCounters   *ebpf.MapSpec `ebpf:"lw_counters"`
+	LwDiscardCpu *ebpf.MapSpec `ebpf:"lw_discard_cpu"`
+	LwEvents     *ebpf.MapSpec `ebpf:"lw_events"`
+	LwKpArgs     *ebpf.MapSpec `ebpf:"lw_kp_args"`
+	LwKpCpu      *ebpf.MapSpec `ebpf:"lw_kp_cpu"`
+	LwListeners  *ebpf.MapSpec `ebpf:"lw_listeners"`
+	LwSocks      *ebpf.MapSpec `ebpf:"lw_socks"`
+	LwUnwoken    *ebpf.MapSpec `ebpf:"lw_unwoken"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -348,16 +360,17 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	LwAbortReqs *ebpf.Map `ebpf:"lw_abort_reqs"`
-	LwConnSlots *ebpf.Map `ebpf:"lw_conn_slots"`
-	LwConns     *ebpf.Map `ebpf:"lw_conns"`
-	LwCounters  *ebpf.Map `ebpf:"lw_counters"`
-	LwEvents    *ebpf.Map `ebpf:"lw_events"`
-	LwKpArgs    *ebpf.Map `ebpf:"lw_kp_args"`
-	LwKpCpu     *ebpf.Map `ebpf:"lw_kp_cpu"`
-	LwListeners *ebpf.Map `ebpf:"lw_listeners"`
-	LwSocks     *ebpf.Map `ebpf:"lw_socks"`
-	LwUnwoken   *ebpf.Map `ebpf:"lw_unwoken"`
+	LwAbortReqs  *ebpf.Map `ebpf:"lw_abort_reqs"`
+	LwConnSlots  *ebpf.Map `ebpf:"lw_conn_slots"`
+	LwConns      *ebpf.Map `ebpf:"lw_conns"`
+	LwCounters   *ebpf.Map `ebpf:"lw_counters"`
+	LwDiscardCpu *ebpf.Map `ebpf:"lw_discard_cpu"`
+	LwEvents     *ebpf.Map `ebpf:"lw_events"`
+	LwKpArgs     *ebpf.Map `ebpf:"lw_kp_args"`
+	LwKpCpu      *ebpf.Map `ebpf:"lw_kp_cpu"`
+	LwListeners  *ebpf.Map `ebpf:"lw_listeners"`
+	LwSocks      *ebpf.Map `ebpf:"lw_socks"`
+	LwUnwoken    *ebpf.Map `ebpf:"lw_unwoken"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -366,6 +379,7 @@ func (m *bpfMaps) Close() error {
 		m.LwConnSlots,
 		m.LwConns,
 		m.LwCounters,
+		m.LwDiscardCpu,
 		m.LwEvents,
 		m.LwKpArgs,
 		m.LwKpCpu,
@@ -421,6 +435,7 @@ type bpfPrograms struct {
 	LwTpAccept         *ebpf.Program `ebpf:"lw_tp_accept"`
 	LwTpAccept4        *ebpf.Program `ebpf:"lw_tp_accept4"`
 	LwTpConsume        *ebpf.Program `ebpf:"lw_tp_consume"`
+	LwTpDiscard        *ebpf.Program `ebpf:"lw_tp_discard"`
 	LwTpKfree          *ebpf.Program `ebpf:"lw_tp_kfree"`
 	LwTpState          *ebpf.Program `ebpf:"lw_tp_state"`
 	LwTpSynack         *ebpf.Program `ebpf:"lw_tp_synack"`
@@ -446,6 +461,7 @@ func (p *bpfPrograms) Close() error {
 		p.LwTpAccept,
 		p.LwTpAccept4,
 		p.LwTpConsume,
+		p.LwTpDiscard,
 		p.LwTpKfree,
 		p.LwTpState,
 		p.LwTpSynack,

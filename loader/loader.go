@@ -61,7 +61,7 @@ func wakeupRecords(wakeupBytes uint32, cpus int) uint32 {
 }
 
 // sharedMaps are created once and handed to every program.
-var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwSocks, bpfMapLwConns, bpfMapLwConnSlots, bpfMapLwCounters, bpfMapLwKpArgs, bpfMapLwKpCpu, bpfMapLwUnwoken, bpfMapLwAbortReqs}
+var sharedMaps = []string{bpfMapLwEvents, bpfMapLwListeners, bpfMapLwSocks, bpfMapLwConns, bpfMapLwConnSlots, bpfMapLwCounters, bpfMapLwKpArgs, bpfMapLwKpCpu, bpfMapLwDiscardCpu, bpfMapLwUnwoken, bpfMapLwAbortReqs}
 
 // Open loads and attaches listenwatch. Stages that cannot attach in auto
 // mode are logged and reported by Hooks; in a forced mode they are an error.
@@ -241,6 +241,9 @@ func (t *Tracer) attach(c candidate, consts map[string]any) (names []string, err
 		}
 	}()
 	for _, pr := range c.probes {
+		if pr.only != nil && !pr.only(t.modeOf) {
+			continue
+		}
 		p, err := t.load(spec, pr.prog)
 		if err != nil {
 			return nil, fmt.Errorf("load %s: %w%s", pr.prog, err, privilegeHint(err))

@@ -33,6 +33,9 @@ type stageDef struct {
 type probe struct {
 	prog   string
 	attach func(*ebpf.Program) (link.Link, error)
+	// only, when set, says whether the program is needed, given the
+	// modes of the stages attached before.
+	only func(modeOf func(events.Stage) events.Mode) bool
 }
 
 type candidate struct {
@@ -69,8 +72,31 @@ const acceptSyscallsCost = "every syscall of every task takes the kernel's slow 
 // acceptSyscalls see accept(2) and accept4(2) return: failures always,
 // accepted connections when cfg_tp_accept is set.
 var acceptSyscalls = []probe{
-	{bpfProgLwTpAccept4, tracepoint("syscalls", "sys_exit_accept4")},
-	{bpfProgLwTpAccept, tracepoint("syscalls", "sys_exit_accept")},
+	{prog: bpfProgLwTpAccept4, attach: tracepoint("syscalls", "sys_exit_accept4")},
+	{prog: bpfProgLwTpAccept, attach: tracepoint("syscalls", "sys_exit_accept")},
+}
+
+// discardProbe claims the discard of a final ACK that overflowed, where
+// the handshake programs count those overflows (no kfree_skb rx_sk: the
+// drops stage is not attached). See ack_overflow in the BPF code.
+var discardProbe = probe{prog: bpfProgLwTpDiscard, attach: tracing, only: func(modeOf func(events.Stage) events.Mode) bool {
+	return modeOf(events.StageDrops) == events.ModeNone
+}}
+
+// prepareDiscard gives lw_tp_discard and ack_overflow the address ranges
+// of tcp_v4_rcv and tcp_v6_rcv, where an overflowing final ACK is
+// discarded. Without them (kallsyms unreadable) ack_overflow claims the
+// discard at once, as it did before lw_tp_discard: exact but for a SYN
+// refused on another CPU in the microseconds between.
+func prepareDiscard(spec *ebpf.CollectionSpec, proc procfs.FS) error {
+	if err := prepareKfree(spec, proc); err != nil {
+		for _, name := range []string{bpfVarCfgRcv4Lo, bpfVarCfgRcv4Hi, bpfVarCfgRcv6Lo, bpfVarCfgRcv6Hi} {
+			if err := spec.Variables[name].Set(uint64(0)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // stageDefs lists every stage. The order here is only the order of the
@@ -79,12 +105,12 @@ var stageDefs = []stageDef{
 	{
 		stage: events.StageSYN,
 		candidates: []candidate{
-			{mode: events.ModeFentry, probes: []probe{{bpfProgLwFexitConnRequest, tracing}}},
+			{mode: events.ModeFentry, probes: []probe{{prog: bpfProgLwFexitConnRequest, attach: tracing}}},
 			{mode: events.ModeKprobe, probes: []probe{
-				{bpfProgLwKpConnRequest, kprobe("tcp_conn_request")},
-				{bpfProgLwKrpConnRequest, kretprobe("tcp_conn_request")},
+				{prog: bpfProgLwKpConnRequest, attach: kprobe("tcp_conn_request")},
+				{prog: bpfProgLwKrpConnRequest, attach: kretprobe("tcp_conn_request")},
 			}},
-			{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpConsume, tracing}}, prepare: prepareConsume},
+			{mode: events.ModeTracepoint, probes: []probe{{prog: bpfProgLwTpConsume, attach: tracing}}, prepare: prepareConsume},
 		},
 	},
 	{
@@ -97,15 +123,17 @@ var stageDefs = []stageDef{
 		},
 		candidates: []candidate{
 			{mode: events.ModeFentry, probes: []probe{
-				{bpfProgLwFexitSynRecv4, tracing},
-				{bpfProgLwFexitSynRecv6, tracing},
-			}},
+				{prog: bpfProgLwFexitSynRecv4, attach: tracing},
+				{prog: bpfProgLwFexitSynRecv6, attach: tracing},
+				discardProbe,
+			}, prepare: prepareDiscard},
 			{mode: events.ModeKprobe, probes: []probe{
-				{bpfProgLwKpSynRecv4, kprobe("tcp_v4_syn_recv_sock")},
-				{bpfProgLwKrpSynRecv4, kretprobe("tcp_v4_syn_recv_sock")},
-				{bpfProgLwKpSynRecv6, kprobe("tcp_v6_syn_recv_sock")},
-				{bpfProgLwKrpSynRecv6, kretprobe("tcp_v6_syn_recv_sock")},
-			}},
+				{prog: bpfProgLwKpSynRecv4, attach: kprobe("tcp_v4_syn_recv_sock")},
+				{prog: bpfProgLwKrpSynRecv4, attach: kretprobe("tcp_v4_syn_recv_sock")},
+				{prog: bpfProgLwKpSynRecv6, attach: kprobe("tcp_v6_syn_recv_sock")},
+				{prog: bpfProgLwKrpSynRecv6, attach: kretprobe("tcp_v6_syn_recv_sock")},
+				discardProbe,
+			}, prepare: prepareDiscard},
 			// Runs inside the registry program (inet_sock_set_state
 			// SYN_RECV -> ESTABLISHED), switched on by cfg_tp_handshake.
 			{mode: events.ModeTracepoint},
@@ -114,10 +142,10 @@ var stageDefs = []stageDef{
 	{
 		stage: events.StageAccept,
 		candidates: []candidate{
-			{mode: events.ModeFentry, probes: []probe{{bpfProgLwFexitAccept, tracing}}},
+			{mode: events.ModeFentry, probes: []probe{{prog: bpfProgLwFexitAccept, attach: tracing}}},
 			{mode: events.ModeKprobe, probes: []probe{
-				{bpfProgLwKpAccept, kprobe("inet_csk_accept")},
-				{bpfProgLwKrpAccept, kretprobe("inet_csk_accept")},
+				{prog: bpfProgLwKpAccept, attach: kprobe("inet_csk_accept")},
+				{prog: bpfProgLwKrpAccept, attach: kretprobe("inet_csk_accept")},
 			}},
 			// The same syscall programs as accept_errors, with the
 			// accepted-connection path switched on.
@@ -134,20 +162,20 @@ var stageDefs = []stageDef{
 		// Its own hook where fentry or kprobes work: a syscall
 		// tracepoint slows every syscall on the node (acceptSyscallsCost).
 		candidates: []candidate{
-			{mode: events.ModeFentry, probes: []probe{{bpfProgLwFexitAcceptErr, tracing}}},
-			{mode: events.ModeKprobe, probes: []probe{{bpfProgLwKrpAcceptErr, kretprobe("__sys_accept4")}}},
+			{mode: events.ModeFentry, probes: []probe{{prog: bpfProgLwFexitAcceptErr, attach: tracing}}},
+			{mode: events.ModeKprobe, probes: []probe{{prog: bpfProgLwKrpAcceptErr, attach: kretprobe("__sys_accept4")}}},
 			{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, false), nodeCost: acceptSyscallsCost},
 		},
 	},
 	{
 		stage:      events.StageDrops,
 		auxiliary:  true,
-		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpKfree, tracing}}, prepare: prepareKfree}},
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{prog: bpfProgLwTpKfree, attach: tracing}}, prepare: prepareKfree}},
 	},
 	{
 		stage:      events.StageSynackRetx,
 		auxiliary:  true,
-		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpSynack, tracing}}}},
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{prog: bpfProgLwTpSynack, attach: tracing}}}},
 	},
 	{
 		stage: events.StageRegistry,
@@ -156,7 +184,7 @@ var stageDefs = []stageDef{
 		consts: func(modeOf func(events.Stage) events.Mode) map[string]any {
 			return map[string]any{bpfVarCfgTpHandshake: modeOf(events.StageHandshake) == events.ModeTracepoint}
 		},
-		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{bpfProgLwTpState, tracing}}}},
+		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{prog: bpfProgLwTpState, attach: tracing}}}},
 	},
 }
 

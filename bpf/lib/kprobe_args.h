@@ -5,6 +5,7 @@
 /* kprobe mode only: arguments saved at entry for the return probe. */
 struct kp_args {
 	__u64 sk;
+	__u64 skb;
 	__u64 req;
 	__u64 own_req;
 };
@@ -38,12 +39,13 @@ struct {
 	__type(value, struct kp_args);
 } lw_kp_cpu SEC(".maps");
 
-static __always_inline void kp_save_cpu(__u32 slot, __u64 sk, __u64 req, __u64 own_req)
+static __always_inline void kp_save_cpu(__u32 slot, __u64 sk, __u64 skb, __u64 req, __u64 own_req)
 {
 	struct kp_args *a = bpf_map_lookup_elem(&lw_kp_cpu, &slot);
 	if (!a)
 		return;
 	a->sk = sk;
+	a->skb = skb;
 	a->req = req;
 	a->own_req = own_req;
 }

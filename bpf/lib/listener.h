@@ -185,6 +185,21 @@ static __always_inline int group_slot(const struct lw_listener_stats *st, __u64 
 	return -1;
 }
 
+/* Adds n to the increments of a listening socket's sk_drops that packets
+ * have claimed (drops.bpf.h): its group slot's baseline, or its lw_socks
+ * entry beyond the group's slots. */
+static __always_inline void sock_claim(struct lw_listener_stats *st, __u64 sk, __u32 n)
+{
+	int i = group_slot(st, sk);
+	if (i >= 0) {
+		__sync_fetch_and_add(&st->sock_drops[i & (LW_GROUP_MAX - 1)], n);
+		return;
+	}
+	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &sk);
+	if (s)
+		__sync_fetch_and_add(&s->last_drops, n);
+}
+
 /* Adds sk to the group, with drops and qlen as its baseline (fresh) unless
  * it is there already. Returns its slot, or -1 when the group is full. */
 static __always_inline int group_add(struct lw_listener_stats *st, __u64 sk, __u32 drops, __u32 qlen,

@@ -140,9 +140,9 @@ int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int n
 }
 
 /* Kernels without the kfree_skb rx_sk argument (before 6.11): a NULL child
- * with a full accept queue is the final-ACK (or cookie-ACK) overflow. The
- * caller then adds the packet to sk_drops once more, after this returns. */
-static __always_inline void ack_overflow(const struct sock *listener, const struct request_sock *req)
+ * with a full accept queue is the final-ACK (or cookie-ACK) overflow. */
+static __always_inline void ack_overflow(const struct sock *listener, const struct sk_buff *skb,
+					 const struct request_sock *req)
 {
 	__u32 ackq = BPF_CORE_READ(listener, sk_ack_backlog);
 	__u32 max = BPF_CORE_READ(listener, sk_max_ack_backlog);
@@ -171,15 +171,30 @@ static __always_inline void ack_overflow(const struct sock *listener, const stru
 	bool cookie = !BPF_CORE_READ((struct tcp_request_sock *)req, snt_synack);
 	drop(st, &k, cookie ? LW_DROP_ACCEPTQ_COOKIE_ACK : LW_DROP_ACCEPTQ_ACK, 1, &p, ackq);
 	/* Claims this packet's increments of sk_drops (drops.bpf.h), so that
-	 * the next SYN does not take them for its own: tcp_listendrop's, and
-	 * for a request sock the discard its caller adds after we return
-	 * (cookie_v4_check's caller frees the packet without one). */
-	__u32 claim = cookie ? 1 : 2;
-	/* With tcp_abort_on_overflow, tcp_check_req then drops the request. A
-	 * second copy of the ACK that overflowed at the same time on another
-	 * CPU finds it already gone (req_stolen): it is looked up again, not
-	 * discarded. One discard per request: the first copy here claims it. */
-	if (!cookie) {
+	 * the next SYN does not take them for its own: tcp_listendrop's, made
+	 * before we return. For a request sock, its caller then discards the
+	 * packet (sk_drops_add, then the free in tcp_v{4,6}_rcv; a cookie ACK
+	 * is freed without one by cookie_v4_check's caller): claimed when
+	 * that happens (lw_tp_discard, same CPU), not now, so that a SYN
+	 * refused on another CPU meanwhile finds its own increment
+	 * unclaimed. Where the loader found no address for tcp_v4_rcv (no
+	 * kallsyms), it is claimed now, as before. */
+	__u32 claim = 1;
+	if (!cookie && cfg_rcv4_hi) {
+		__u32 zero = 0;
+		struct lw_discard *d = bpf_map_lookup_elem(&lw_discard_cpu, &zero);
+		if (d) {
+			d->skb = (__u64)skb;
+			d->sk = (__u64)listener;
+			d->key = k;
+		}
+	} else if (!cookie) {
+		claim = 2;
+		/* With tcp_abort_on_overflow, tcp_check_req then drops the
+		 * request. A second copy of the ACK that overflowed at the same
+		 * time on another CPU finds it already gone (req_stolen): it is
+		 * looked up again, not discarded. One discard per request: the
+		 * first copy here claims it. */
 		const struct net *net = BPF_CORE_READ(listener, __sk_common.skc_net.net);
 		if (BPF_CORE_READ_BITFIELD_PROBED(&net->ipv4, sysctl_tcp_abort_on_overflow)) {
 			struct lw_req_key rk = {
@@ -191,27 +206,19 @@ static __always_inline void ack_overflow(const struct sock *listener, const stru
 				claim = 1;
 		}
 	}
-	__u64 key = (__u64)listener;
-	int i = group_slot(st, key);
-	if (i >= 0) {
-		__sync_fetch_and_add(&st->sock_drops[i & (LW_GROUP_MAX - 1)], claim);
-		return;
-	}
-	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &key);
-	if (s)
-		__sync_fetch_and_add(&s->last_drops, claim);
+	sock_claim(st, (__u64)listener, claim);
 }
 
 /* fentry/kprobe mode: syn_recv_sock returns the child (NULL when the accept
  * queue is full or allocation failed); the request sock has the exact
  * SYN-ACK time, zero for a cookie. */
-static __always_inline void syn_recv_done(const struct sock *listener,
+static __always_inline void syn_recv_done(const struct sock *listener, const struct sk_buff *skb,
 					  const struct request_sock *req,
 					  const bool *own_req, const struct sock *child)
 {
 	if (!child) {
 		if (!cfg_kfree_drops)
-			ack_overflow(listener, req);
+			ack_overflow(listener, skb, req);
 		return;
 	}
 	bool own = 0;
@@ -241,7 +248,7 @@ int lw_fexit_syn_recv4(__u64 *ctx)
 {
 	__u64 child = 0;
 	bpf_get_func_ret(ctx, &child);
-	syn_recv_done((void *)ctx[0], (void *)ctx[2], (void *)ctx[5], (void *)child);
+	syn_recv_done((void *)ctx[0], (void *)ctx[1], (void *)ctx[2], (void *)ctx[5], (void *)child);
 	return 0;
 }
 
@@ -252,14 +259,14 @@ int lw_fexit_syn_recv6(__u64 *ctx)
 	if (v4_mapped((void *)ctx[1]))
 		return 0;
 	bpf_get_func_ret(ctx, &child);
-	syn_recv_done((void *)ctx[0], (void *)ctx[2], (void *)ctx[5], (void *)child);
+	syn_recv_done((void *)ctx[0], (void *)ctx[1], (void *)ctx[2], (void *)ctx[5], (void *)child);
 	return 0;
 }
 
 SEC("kprobe/tcp_v4_syn_recv_sock")
 int lw_kp_syn_recv4(struct pt_regs *ctx)
 {
-	kp_save_cpu(KP_SLOT_SYN_RECV, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+	kp_save_cpu(KP_SLOT_SYN_RECV, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
 	return 0;
 }
 
@@ -267,7 +274,7 @@ SEC("kprobe/tcp_v6_syn_recv_sock")
 int lw_kp_syn_recv6(struct pt_regs *ctx)
 {
 	if (!v4_mapped((const struct sk_buff *)PT_REGS_PARM2(ctx)))
-		kp_save_cpu(KP_SLOT_SYN_RECV, PT_REGS_PARM1(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
+		kp_save_cpu(KP_SLOT_SYN_RECV, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx), KP_PARM6(ctx));
 	return 0;
 }
 
@@ -278,7 +285,7 @@ int BPF_KRETPROBE(lw_krp_syn_recv4, struct sock *child)
 {
 	struct kp_args a;
 	if (kp_take_cpu(KP_SLOT_SYN_RECV, &a) == 0)
-		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
+		syn_recv_done((void *)a.sk, (void *)a.skb, (void *)a.req, (void *)a.own_req, child);
 	return 0;
 }
 
@@ -287,7 +294,36 @@ int BPF_KRETPROBE(lw_krp_syn_recv6, struct sock *child)
 {
 	struct kp_args a;
 	if (kp_take_cpu(KP_SLOT_SYN_RECV, &a) == 0)
-		syn_recv_done((void *)a.sk, (void *)a.req, (void *)a.own_req, child);
+		syn_recv_done((void *)a.sk, (void *)a.skb, (void *)a.req, (void *)a.own_req, child);
+	return 0;
+}
+
+/* Kernels before 6.11, fentry/kprobe handshake: the discard of a final ACK
+ * that overflowed (ack_overflow). Runs on every kfree_skb: one per-CPU
+ * lookup and a compare before anything else. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(lw_tp_discard, struct sk_buff *skb, void *location)
+{
+	__u32 zero = 0;
+	struct lw_discard *d = bpf_map_lookup_elem(&lw_discard_cpu, &zero);
+	if (!d || d->skb != (__u64)skb)
+		return 0;
+	d->skb = 0;
+	/* Freed elsewhere: the second copy of an ACK whose request the first
+	 * copy's overflow dropped (tcp_abort_on_overflow, req_stolen) is
+	 * looked up again and answered by the listener: not discarded. */
+	__u64 loc = (__u64)location;
+	if (!(loc >= cfg_rcv4_lo && loc < cfg_rcv4_hi) && !(loc >= cfg_rcv6_lo && loc < cfg_rcv6_hi))
+		return 0;
+	struct lw_listener_key k = d->key;
+	struct lw_listener_stats *st = find_listener(&k);
+	if (!st)
+		return 0;
+	/* sk_drops_add: the packet's segments, at least one. */
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u32 end = BPF_CORE_READ(skb, end);
+	__u16 segs = BPF_CORE_READ((struct skb_shared_info *)(head + end), gso_segs);
+	sock_claim(st, d->sk, segs ? segs : 1);
 	return 0;
 }
 

@@ -129,7 +129,7 @@ int BPF_PROG(lw_fexit_conn_request, struct request_sock_ops *rsk_ops, void *af_o
 SEC("kprobe/tcp_conn_request")
 int BPF_KPROBE(lw_kp_conn_request, void *rsk_ops, void *af_ops, struct sock *sk)
 {
-	kp_save_cpu(KP_SLOT_CONN_REQUEST, (__u64)sk, 0, 0);
+	kp_save_cpu(KP_SLOT_CONN_REQUEST, (__u64)sk, 0, 0, 0);
 	return 0;
 }
 
