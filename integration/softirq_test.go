@@ -24,7 +24,10 @@ import (
 // kprobe mode once met its entry and return probes by thread: two CPUs in
 // the idle task took each other's arguments, and a handshake was read with
 // another's request sock or lost (auto mode on 6.1 hooks the handshake
-// with kprobes). The kernel matrix runs this test in a guest with 4 vCPUs.
+// with kprobes). And its accept programs ran where a softirq could
+// interrupt them, and the kernel drops every kprobe hit on a CPU while a
+// kprobe handler runs there: the interrupting packets' SYN and handshake
+// went unseen. The kernel matrix runs this test in a guest with 4 vCPUs.
 func TestPacketsOnIdleCPUs(t *testing.T) {
 	need(t, events.StageSYN, events.StageHandshake, events.StageAccept)
 	if n := runtime.NumCPU(); n < 3 {
@@ -42,6 +45,14 @@ func TestPacketsOnIdleCPUs(t *testing.T) {
 		// elsewhere.
 		time.Sleep(1500 * time.Millisecond)
 		o.finish(t)
+	})
+	t.Run("accepted, packets on the accepting CPU", func(t *testing.T) {
+		// CPU 1 handles every packet, in softirq, also when it
+		// interrupts the accepting thread inside the kernel, where the
+		// accept programs run. Last: in forced kprobe mode the overflow
+		// above, run after this, twice counted one SYN-time drop short
+		// in five runs (not explained yet: the note of issue #14).
+		wholeTimelines(t, steeredNS(t, 1<<1), 1)
 	})
 }
 

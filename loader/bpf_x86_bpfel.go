@@ -199,6 +199,7 @@ const (
 	bpfProgLwIterTcp          = "lw_iter_tcp"
 	bpfProgLwKpAccept         = "lw_kp_accept"
 	bpfProgLwKpConnRequest    = "lw_kp_conn_request"
+	bpfProgLwKpGraft          = "lw_kp_graft"
 	bpfProgLwKpSynRecv4       = "lw_kp_syn_recv4"
 	bpfProgLwKpSynRecv6       = "lw_kp_syn_recv6"
 	bpfProgLwKrpAccept        = "lw_krp_accept"
@@ -283,6 +284,7 @@ type bpfProgramSpecs struct {
 	LwIterTcp          *ebpf.ProgramSpec `ebpf:"lw_iter_tcp"`
 	LwKpAccept         *ebpf.ProgramSpec `ebpf:"lw_kp_accept"`
 	LwKpConnRequest    *ebpf.ProgramSpec `ebpf:"lw_kp_conn_request"`
+	LwKpGraft          *ebpf.ProgramSpec `ebpf:"lw_kp_graft"`
 	LwKpSynRecv4       *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv4"`
 	LwKpSynRecv6       *ebpf.ProgramSpec `ebpf:"lw_kp_syn_recv6"`
 	LwKrpAccept        *ebpf.ProgramSpec `ebpf:"lw_krp_accept"`
@@ -425,6 +427,7 @@ type bpfPrograms struct {
 	LwIterTcp          *ebpf.Program `ebpf:"lw_iter_tcp"`
 	LwKpAccept         *ebpf.Program `ebpf:"lw_kp_accept"`
 	LwKpConnRequest    *ebpf.Program `ebpf:"lw_kp_conn_request"`
+	LwKpGraft          *ebpf.Program `ebpf:"lw_kp_graft"`
 	LwKpSynRecv4       *ebpf.Program `ebpf:"lw_kp_syn_recv4"`
 	LwKpSynRecv6       *ebpf.Program `ebpf:"lw_kp_syn_recv6"`
 	LwKrpAccept        *ebpf.Program `ebpf:"lw_krp_accept"`
@@ -451,6 +454,7 @@ func (p *bpfPrograms) Close() error {
 		p.LwIterTcp,
 		p.LwKpAccept,
 		p.LwKpConnRequest,
+		p.LwKpGraft,
 		p.LwKpSynRecv4,
 		p.LwKpSynRecv6,
 		p.LwKrpAccept,

@@ -143,6 +143,10 @@ var stageDefs = []stageDef{
 		stage: events.StageAccept,
 		candidates: []candidate{
 			{mode: events.ModeFentry, probes: []probe{{prog: bpfProgLwFexitAccept, attach: tracing}}},
+			// Where a softirq cannot interrupt it (see lw_kp_graft); the
+			// pair on inet_csk_accept where the kernel has no such
+			// function (built without CONFIG_SECURITY).
+			{mode: events.ModeKprobe, probes: []probe{{prog: bpfProgLwKpGraft, attach: kprobe("security_sock_graft")}}},
 			{mode: events.ModeKprobe, probes: []probe{
 				{prog: bpfProgLwKpAccept, attach: kprobe("inet_csk_accept")},
 				{prog: bpfProgLwKrpAccept, attach: kretprobe("inet_csk_accept")},

@@ -222,6 +222,32 @@ int lw_fexit_accept(__u64 *ctx)
 	return 0;
 }
 
+/* kprobe mode: accept() grafts the child onto its new struct socket
+ * (sock_graft, inet_accept), and sock_graft calls security_sock_graft with
+ * bottom halves disabled (inside write_lock_bh). A kprobe there runs where
+ * no softirq can interrupt it. The pair on inet_csk_accept below runs in
+ * process context with bottom halves enabled, and the kernel drops every
+ * kprobe hit on a CPU while one of its handlers runs there: packets
+ * handled by a softirq that interrupted the accept programs lost their
+ * SYN and handshake probes (TestPacketsOnIdleCPUs). No listener here: the
+ * join has it, else the child's own address and port. An MPTCP socket is
+ * unwrapped to its first subflow, the TCP socket the other hooks saw. */
+SEC("kprobe/security_sock_graft")
+int BPF_KPROBE(lw_kp_graft, struct sock *sk)
+{
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (bpf_core_type_exists(struct mptcp_sock) && proto == IPPROTO_MPTCP) {
+		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+		if (!sk)
+			return 0;
+		proto = BPF_CORE_READ(sk, sk_protocol);
+	}
+	if (proto != IPPROTO_TCP)
+		return 0;
+	accepted(sk, NULL);
+	return 0;
+}
+
 SEC("kprobe/inet_csk_accept")
 int BPF_KPROBE(lw_kp_accept, struct sock *sk)
 {
