@@ -83,8 +83,15 @@ struct lw_listener_stats {
 	__u32 last_ackq;  /* accept-queue length of the socket that took the last SYN */
 	__u64 socks[LW_GROUP_MAX]; /* its listening sockets (struct sock *), 0: free slot */
 	__u32 sock_drops[LW_GROUP_MAX];
+	/* A socket whose close has begun (listener_down ran: its slot is
+	 * gone) while the kernel may still hand it packets; 0: none. Read
+	 * per SYN, written at close. */
+	__u64 closing_sk;
 
 	/* Cold. */
+	__u64 closing_at;    /* ns, CLOCK_MONOTONIC: when closing_sk's close began */
+	__u32 closing_drops; /* closing_sk's baseline, as a slot's (sock_drops) */
+	__u32 closing_qlen;  /* and its SYN-queue length (sock_qlen) */
 	__u64 accept_errors[LW_AERR_MAX];
 	__u64 closed_at;   /* ns, CLOCK_MONOTONIC: when the last socket closed; 0 while open */
 	__u32 backlog;     /* sk_max_ack_backlog: the effective backlog */

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -199,14 +200,22 @@ func floodPair(t *testing.T) (server, peer *netnstest.NS) {
 // hping sends n spoofed SYNs from peer to addr, inside the test's namespaces.
 func hping(t *testing.T, peer *netnstest.NS, addr netip.AddrPort, n int) {
 	t.Helper()
-	if _, err := exec.LookPath("hping3"); err != nil {
-		t.Fatal("hping3 missing: run scripts/install-deps.sh")
-	}
-	if err := peer.Run("hping3", "-q", "-S", "-p", strconv.Itoa(int(addr.Port())), "--rand-source",
-		"-i", "u2000", "-c", strconv.Itoa(n), addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status 1") {
-		// hping3 exits 1 when no reply came back, which is the point.
+	if err := hpingEvery(peer, addr, n, "u2000"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// hpingEvery sends n spoofed SYNs, one per interval (hping3's -i).
+func hpingEvery(peer *netnstest.NS, addr netip.AddrPort, n int, interval string) error {
+	if _, err := exec.LookPath("hping3"); err != nil {
+		return errors.New("hping3 missing: run scripts/install-deps.sh")
+	}
+	if err := peer.Run("hping3", "-q", "-S", "-p", strconv.Itoa(int(addr.Port())), "--rand-source",
+		"-i", interval, "-c", strconv.Itoa(n), addr.Addr().String()); err != nil && !strings.Contains(err.Error(), "exit status 1") {
+		// hping3 exits 1 when no reply came back, which is the point.
+		return err
+	}
+	return nil
 }
 
 // TestSYNQueueOverflow: spoofed SYNs that never complete fill the SYN
@@ -268,6 +277,66 @@ func TestSYNQueueOverflow(t *testing.T) {
 				t.Errorf("SYN-ACK retransmits %d, kernel TCPSynRetrans %d", l.SynackRetrans, d["TcpExt.TCPSynRetrans"])
 			}
 		})
+	}
+}
+
+// TestSynackRetransmitsAtClose: a listener closed while its request socks'
+// SYN-ACK retransmit timers fire. The kernel runs the state-change
+// tracepoint (listenwatch's close) before it marks the listener closed, and
+// a timer that found it listening retransmits microseconds after its check:
+// both windows let the kernel count retransmits of a listener listenwatch
+// already saw close (the CI once read 3 of 9). Every one the kernel counts
+// must be counted.
+func TestSynackRetransmitsAtClose(t *testing.T) {
+	need(t, events.StageSynackRetx)
+	server, peer := floodPair(t)
+	if err := server.Sysctl("net.ipv4.tcp_syncookies", "0"); err != nil {
+		t.Fatal(err)
+	}
+	tap.watch(t, server.Inode)
+	for round := range 5 {
+		addr := netip.AddrPortFrom(netip.MustParseAddr("10.88.0.1"), uint16(8290+round))
+		fd := listen(t, server, addr, 4096)
+		key := events.ListenerKey{Netns: server.Inode, Addr: addr.Addr(), Port: addr.Port()}
+		before, err := server.Netstat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 1,500 SYNs in ~75 ms: a second later their timers expire in a
+		// few batches of hundreds, retransmitting back to back.
+		flood := make(chan error, 1)
+		go func() { flood <- hpingEvery(peer, addr, 3000, "u5") }()
+		var retx uint64
+		deadline := time.Now().Add(settle * slack())
+		for retx == 0 && time.Now().Before(deadline) {
+			now, err := server.Netstat()
+			if err != nil {
+				t.Fatal(err)
+			}
+			retx = now["TcpExt.TCPSynRetrans"] - before["TcpExt.TCPSynRetrans"]
+		}
+		unix.Close(fd) // in the middle of the retransmits
+		if err := <-flood; err != nil {
+			t.Fatal(err)
+		}
+		if retx == 0 {
+			t.Fatal("no SYN-ACK retransmit: the scenario is broken")
+		}
+		after, _ := server.Netstat()
+		d := netnstest.Delta(before, after, "TcpExt.TCPSynRetrans", "TcpExt.ListenDrops", "Tcp.InSegs", "Tcp.OutRsts")
+		l := listener(t, key)
+		t.Logf("round %d: closed after %d retransmits; kernel %v; listenwatch SYNs %d, drops %d, SYN-ACK retransmits %d",
+			round, retx, d, l.SYNs, l.TotalDrops(), l.SynackRetrans)
+		if l.SynackRetrans != d["TcpExt.TCPSynRetrans"] {
+			t.Errorf("round %d: SYN-ACK retransmits %d, kernel TCPSynRetrans %d", round, l.SynackRetrans, d["TcpExt.TCPSynRetrans"])
+		}
+		// Only the flood enters the namespace. On a slow machine it
+		// outlasts the close: a SYN that came after is answered with a
+		// reset, one that found the listener before is the listener's
+		// (and a refused one a drop: max_syn_backlog refuses some).
+		if syns := d["Tcp.InSegs"] - d["Tcp.OutRsts"]; l.SYNs != syns || l.TotalDrops() != d["TcpExt.ListenDrops"] {
+			t.Errorf("round %d: SYNs %d, drops %d; kernel InSegs-OutRsts %d, ListenDrops %d", round, l.SYNs, l.TotalDrops(), syns, d["TcpExt.ListenDrops"])
+		}
 	}
 }
 

@@ -139,6 +139,10 @@ type bpfLwListenerStats struct {
 	LastAckq        uint32
 	Socks           [8]uint64
 	SockDrops       [8]uint32
+	ClosingSk       uint64
+	ClosingAt       uint64
+	ClosingDrops    uint32
+	ClosingQlen     uint32
 	AcceptErrors    [2]uint64
 	ClosedAt        uint64
 	Backlog         uint32

@@ -136,34 +136,61 @@ static __always_inline void conn_forget(__u64 child, __u32 hash)
 	bpf_map_delete_elem(&lw_conns, &child);
 }
 
-/* An open listener's entry. A closed listener keeps its entry (its final
+/* How long after its close began a listening socket's own packets and timers
+ * still count (listener_entry, closing_live). */
+#define LW_CLOSING_NS 1000000000ULL
+
+/* The socket of an entry whose close has begun (closing_sk), while the kernel
+ * may still hand it SYNs: its state reads TCP_LISTEN (stored after the
+ * state-change tracepoint), within LW_CLOSING_NS. Forgotten once closed.
+ * Tracepoint mode only (a typed read of a socket address: 6.3+). */
+static __always_inline const struct sock *closing_live(struct lw_listener_stats *st)
+{
+	__u64 csk = st->closing_sk;
+	if (!csk)
+		return NULL;
+	const struct sock *sk = RDONLY(struct sock, csk);
+	if (sk->__sk_common.skc_state == TCP_LISTEN && bpf_ktime_get_ns() - st->closing_at < LW_CLOSING_NS)
+		return sk;
+	/* Unless another close replaced it meanwhile. */
+	__sync_val_compare_and_swap(&st->closing_sk, csk, 0);
+	return NULL;
+}
+
+/* The entry at k: open (closing false), or one whose closing socket still
+ * takes SYNs (closing true). A closed listener keeps its entry (its final
  * counters stay readable until it listens again or is evicted) but takes no
  * traffic: network namespace inodes are reused, so a dead namespace's
  * 127.0.0.1:P would otherwise capture the SYNs of a new namespace's [::]:P. */
-static __always_inline struct lw_listener_stats *open_listener(const struct lw_listener_key *k)
+static __always_inline struct lw_listener_stats *listener_at(const struct lw_listener_key *k, bool closing)
 {
 	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, k);
-	return st && st->sockets > 0 ? st : NULL;
+	if (!st)
+		return NULL;
+	if (!closing)
+		return st->sockets > 0 ? st : NULL;
+	return closing_live(st) ? st : NULL;
 }
 
 /* The listener a packet or child to (netns, family, addr, port) belongs to:
  * the specific address first, then the wildcard, then, for IPv4, a
- * dual-stack IPv6 wildcard; the kernel's own preference order. */
+ * dual-stack IPv6 wildcard; the kernel's own preference order. With
+ * closing, the same among the listeners whose close has begun. */
 static __always_inline struct lw_listener_stats *
-find_listener(struct lw_listener_key *k)
+find_listener_in(struct lw_listener_key *k, bool closing)
 {
-	struct lw_listener_stats *st = open_listener(k);
+	struct lw_listener_stats *st = listener_at(k, closing);
 	if (st)
 		return st;
 	__u8 saved[16];
 	__builtin_memcpy(saved, k->addr, 16);
 	__builtin_memset(k->addr, 0, 16);
-	st = open_listener(k);
+	st = listener_at(k, closing);
 	if (st)
 		return st;
 	if (k->family == AF_INET) {
 		k->family = AF_INET6;
-		st = open_listener(k);
+		st = listener_at(k, closing);
 		if (st)
 			return st;
 		k->family = AF_INET;
@@ -171,6 +198,33 @@ find_listener(struct lw_listener_key *k)
 	/* Not found: keep the key as the packet or socket said. */
 	__builtin_memcpy(k->addr, saved, 16);
 	return NULL;
+}
+
+static __always_inline struct lw_listener_stats *find_listener(struct lw_listener_key *k)
+{
+	return find_listener_in(k, false);
+}
+
+/* The entry of a listening socket, k being the socket's own key. Its close
+ * runs listener_down from the state-change tracepoint, which the kernel fires
+ * before it stores TCP_CLOSE, and a request sock's timer or a packet that
+ * found it listening just before acts microseconds later: SYN-ACK
+ * retransmits and drops the kernel counts after listenwatch saw the close
+ * (1 or 2 of a few hundred retransmits when the close lands among them:
+ * TestSynackRetransmitsAtClose). They count on the entry the close just
+ * marked. The capture find_listener guards against (a dead namespace's
+ * entry taking the packets of a new namespace with its inode) cannot happen
+ * with the socket's own key: a listening socket with that key in the new
+ * namespace made the entry open at its listen(). The time limit keeps a
+ * socket whose listen() was missed from counting on a stale entry. */
+static __always_inline struct lw_listener_stats *listener_entry(struct lw_listener_key *k)
+{
+	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, k);
+	/* No socket and no close time: the close between its count and its
+	 * clock read (or a listen() between its reset and its count). */
+	if (st && (st->sockets > 0 || !st->closed_at || bpf_ktime_get_ns() - st->closed_at < LW_CLOSING_NS))
+		return st;
+	return find_listener(k);
 }
 
 /* The group's slots: a listening socket is added at listen() (or when first
@@ -193,6 +247,10 @@ static __always_inline void sock_claim(struct lw_listener_stats *st, __u64 sk, _
 	int i = group_slot(st, sk);
 	if (i >= 0) {
 		__sync_fetch_and_add(&st->sock_drops[i & (LW_GROUP_MAX - 1)], n);
+		return;
+	}
+	if (sk == st->closing_sk) {
+		__sync_fetch_and_add(&st->closing_drops, n);
 		return;
 	}
 	struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &sk);
@@ -232,6 +290,32 @@ static __always_inline void group_del(struct lw_listener_stats *st, __u64 sk)
 			st->socks[i] = 0;
 }
 
+/* listener_down: the socket leaves the group, and its baseline moves to the
+ * entry's closing slot, for the SYNs and drops the kernel still hands it
+ * until it stores TCP_CLOSE (a SYN refused then was one drop short). One
+ * closing socket per entry: the latest. closing_sk is written last, so a
+ * reader that sees it sees its baseline. */
+static __always_inline void closing_start(struct lw_listener_stats *st, __u64 sk)
+{
+	__u32 drops, qlen;
+	int i = group_slot(st, sk);
+	if (i >= 0) {
+		drops = st->sock_drops[i & (LW_GROUP_MAX - 1)];
+		qlen = st->sock_qlen[i & (LW_GROUP_MAX - 1)];
+	} else {
+		struct lw_sock *s = bpf_map_lookup_elem(&lw_socks, &sk);
+		if (!s)
+			return;
+		drops = s->last_drops;
+		qlen = s->last_qlen;
+	}
+	st->closing_sk = 0;
+	st->closing_drops = drops;
+	st->closing_qlen = qlen;
+	st->closing_at = bpf_ktime_get_ns();
+	__sync_lock_test_and_set(&st->closing_sk, sk); /* an exchange: ordered after the baseline */
+}
+
 /* Where a listening socket's drop count and SYN-queue length were last
  * seen: its slot in the group, else (a group larger than LW_GROUP_MAX) its
  * lw_socks entry. fresh: seen for the first time, the baseline is its
@@ -245,6 +329,14 @@ struct sock_base {
 static __always_inline bool sock_base(struct lw_listener_stats *st, __u64 sk, __u32 drops, __u32 qlen,
 				      struct sock_base *b)
 {
+	/* Closing: its baseline, and not added back (a slot would outlive
+	 * the socket). */
+	if (sk == st->closing_sk) {
+		b->drops = &st->closing_drops;
+		b->qlen = &st->closing_qlen;
+		b->fresh = false;
+		return true;
+	}
 	int i = group_add(st, sk, drops, qlen, &b->fresh);
 	if (i >= 0) {
 		b->drops = &st->sock_drops[i & (LW_GROUP_MAX - 1)];

@@ -154,7 +154,7 @@ static __always_inline void accept_failed(int err)
 		return;
 	struct lw_listener_key k;
 	key_from_sk(&k, sk);
-	struct lw_listener_stats *st = find_listener(&k);
+	struct lw_listener_stats *st = listener_entry(&k);
 	if (st)
 		__sync_fetch_and_add(&st->accept_errors[which], 1);
 }

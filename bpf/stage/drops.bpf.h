@@ -39,7 +39,7 @@ int BPF_PROG(lw_tp_kfree, struct sk_buff *skb, void *location, enum skb_drop_rea
 		return 0;
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, rx_sk);
-	struct lw_listener_stats *st = find_listener(&k);
+	struct lw_listener_stats *st = listener_entry(&k);
 	if (!st)
 		return 0;
 	__u32 drops = rx_sk->sk_drops.counter;
@@ -96,7 +96,7 @@ int BPF_PROG(lw_tp_synack, const struct sock *sk, const struct request_sock *req
 {
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
-	struct lw_listener_stats *st = find_listener(&k);
+	struct lw_listener_stats *st = listener_entry(&k);
 	if (st)
 		__sync_fetch_and_add(&st->synack_retrans, 1);
 	return 0;

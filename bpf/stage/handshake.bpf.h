@@ -10,7 +10,7 @@ static __always_inline void handshake_done(__u64 child, __u32 hash, struct lw_li
 					   const struct sock *listener, bool queued)
 {
 	__u32 ackq = 0;
-	struct lw_listener_stats *st = find_listener(k);
+	struct lw_listener_stats *st = listener ? listener_entry(k) : find_listener(k);
 	if (!st) {
 		count(LW_C_UNATTRIBUTED_HANDSHAKE);
 		flags |= LW_F_NO_LISTENER;
@@ -150,7 +150,7 @@ static __always_inline void ack_overflow(const struct sock *listener, const stru
 		return; /* allocation failure: counted as other at the next SYN */
 	struct lw_listener_key k;
 	key_from_sk(&k, listener);
-	struct lw_listener_stats *st = find_listener(&k);
+	struct lw_listener_stats *st = listener_entry(&k);
 	if (!st)
 		return;
 	/* The request sock holds the client. An IPv4 client of a dual-stack
@@ -315,8 +315,8 @@ int BPF_PROG(lw_tp_discard, struct sk_buff *skb, void *location)
 	__u64 loc = (__u64)location;
 	if (!(loc >= cfg_rcv4_lo && loc < cfg_rcv4_hi) && !(loc >= cfg_rcv6_lo && loc < cfg_rcv6_hi))
 		return 0;
-	struct lw_listener_key k = d->key;
-	struct lw_listener_stats *st = find_listener(&k);
+	struct lw_listener_key k = d->key; /* the listener's own */
+	struct lw_listener_stats *st = listener_entry(&k);
 	if (!st)
 		return 0;
 	/* sk_drops_add: the packet's segments, at least one. */

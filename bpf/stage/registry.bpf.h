@@ -18,6 +18,9 @@ static __always_inline void listener_up(const struct sock *sk)
 			return;
 	}
 	__sync_fetch_and_add(&st->sockets, 1);
+	/* A new socket at the address of one that closed. */
+	if (st->closing_sk == (__u64)sk)
+		st->closing_sk = 0;
 	st->backlog = sk->sk_max_ack_backlog;
 	/* Its drop count from here on is followed: the baseline is now, also
 	 * for a socket that was already in the group. */
@@ -46,12 +49,17 @@ static __always_inline void listener_down(const struct sock *sk)
 	struct lw_listener_key k;
 	key_from_btf_sk(&k, sk);
 	struct lw_listener_stats *st = bpf_map_lookup_elem(&lw_listeners, &k);
-	/* The last socket closing starts the entry's retention: user space
-	 * forgets it once its final counters have been read for a while. */
-	if (st && st->sockets > 0 && __sync_fetch_and_add(&st->sockets, -1) == 1)
-		st->closed_at = bpf_ktime_get_ns();
-	if (st)
+	if (st) {
+		/* Its baseline to the closing slot before the entry says
+		 * closed: a SYN on another CPU finds it in one or the other. */
+		closing_start(st, (__u64)sk);
 		group_del(st, (__u64)sk); /* never read a freed socket's queues */
+		/* The last socket closing starts the entry's retention: user
+		 * space forgets it once its final counters have been read for
+		 * a while. */
+		if (st->sockets > 0 && __sync_fetch_and_add(&st->sockets, -1) == 1)
+			st->closed_at = bpf_ktime_get_ns();
+	}
 	__u64 key = (__u64)sk;
 	bpf_map_delete_elem(&lw_socks, &key);
 }

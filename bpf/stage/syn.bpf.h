@@ -101,7 +101,7 @@ static __always_inline void syn_at_listener(const struct sock *sk, const struct 
 {
 	struct lw_listener_key k;
 	key_from_sk(&k, sk);
-	struct lw_listener_stats *st = find_listener(&k);
+	struct lw_listener_stats *st = listener_entry(&k);
 	if (!st) {
 		count(LW_C_UNATTRIBUTED_SYN);
 		return;
@@ -140,6 +140,50 @@ int BPF_KRETPROBE(lw_krp_conn_request)
 	if (kp_take_cpu(KP_SLOT_CONN_REQUEST, &a) == 0)
 		syn_at_listener((const struct sock *)a.sk, NULL); /* the skb is not kept */
 	return 0;
+}
+
+/* Tracepoint mode: syn_on_socket for one socket of the group, at a socket
+ * address kept in the entry, its outcome added to all. */
+static __always_inline void syn_on_any(struct lw_listener_stats *st, __u64 sk, struct sock_base b,
+				       struct syn_seen *all)
+{
+	/* A socket address from a map is a number to the verifier: cast
+	 * (free, inlined) so its fields are plain loads, not a helper call
+	 * each. */
+	const struct inet_connection_sock *icsk = RDONLY(struct inet_connection_sock, sk);
+	const struct sock *bsk = &icsk->icsk_inet.sk;
+	struct sock_queues q = {
+		.drops = bsk->sk_drops.counter,
+		.qlen = icsk->icsk_accept_queue.qlen.counter,
+		.ackq = bsk->sk_ack_backlog,
+		.max = bsk->sk_max_ack_backlog,
+	};
+	struct syn_seen r = syn_on_socket(st, b, q);
+	for (int j = 0; j < LW_DROP_MAX; j++)
+		all->n[j] += r.n[j];
+	if (r.dropped)
+		all->ackq = r.ackq;
+	all->dropped |= r.dropped;
+	all->grew |= r.grew;
+	all->full_same |= r.full_same;
+}
+
+/* Tracepoint mode, a SYN that found no open listener, taken by the socket
+ * of st whose close has begun (find_listener_in with closing). A socket
+ * closing while others of its group stay open is not looked at: a SYN it
+ * refuses in that window is not counted. */
+static __always_inline void syn_closing(struct lw_listener_stats *st, const struct lw_listener_key *k,
+					const struct lw_peer *p)
+{
+	__sync_fetch_and_add(&st->syns, 1);
+	struct syn_seen r = {};
+	struct sock_base b = {
+		.drops = &st->closing_drops,
+		.qlen = &st->closing_qlen,
+	};
+	syn_on_any(st, st->closing_sk, b, &r);
+	syn_records(st, k, &r, p);
+	syn_cookie(st, r);
 }
 
 /* Tracepoint mode: every SYN a listener handles (accepted, cookie or
@@ -195,7 +239,15 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 	k.netns = dst->dev->nd_net.net->ns.inum;
 	struct lw_listener_stats *st = find_listener(&k);
 	if (!st) {
-		count(LW_C_UNATTRIBUTED_SYN);
+		/* None open: a listener whose close has begun still takes
+		 * the SYNs that found it listening (a refused one is a drop
+		 * the kernel counts). Its own path: merged into the group's,
+		 * the verifier's paths would multiply past its limit. */
+		st = find_listener_in(&k, true);
+		if (st)
+			syn_closing(st, &k, &p);
+		else
+			count(LW_C_UNATTRIBUTED_SYN);
 		return 0;
 	}
 	__sync_fetch_and_add(&st->syns, 1);
@@ -203,32 +255,14 @@ int BPF_PROG(lw_tp_consume, struct sk_buff *skb, void *location)
 	 * each; the one whose drop count moved or whose queue grew did. */
 	struct syn_seen all = {};
 	for (int i = 0; i < LW_GROUP_MAX; i++) {
-		const struct sock *sk = (const struct sock *)st->socks[i];
+		__u64 sk = st->socks[i];
 		if (!sk)
 			continue;
-		/* A socket address from a map is a number to the verifier: cast
-		 * (free, inlined) so its fields are plain loads, not a helper
-		 * call each. */
-		const struct inet_connection_sock *icsk = RDONLY(struct inet_connection_sock, sk);
-		const struct sock *bsk = &icsk->icsk_inet.sk;
-		struct sock_queues q = {
-			.drops = bsk->sk_drops.counter,
-			.qlen = icsk->icsk_accept_queue.qlen.counter,
-			.ackq = bsk->sk_ack_backlog,
-			.max = bsk->sk_max_ack_backlog,
-		};
 		struct sock_base b = {
 			.drops = &st->sock_drops[i],
 			.qlen = &st->sock_qlen[i],
 		};
-		struct syn_seen r = syn_on_socket(st, b, q);
-		for (int j = 0; j < LW_DROP_MAX; j++)
-			all.n[j] += r.n[j];
-		if (r.dropped)
-			all.ackq = r.ackq;
-		all.dropped |= r.dropped;
-		all.grew |= r.grew;
-		all.full_same |= r.full_same;
+		syn_on_any(st, sk, b, &all);
 	}
 	syn_records(st, &k, &all, &p);
 	syn_cookie(st, all);
