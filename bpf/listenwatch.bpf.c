@@ -126,7 +126,8 @@ struct {
  * ack_overflow). Per CPU: the two happen in one softirq, in that order. */
 struct lw_discard {
 	__u64 skb;
-	__u64 sk; /* the listening socket */
+	__u64 seq_ack; /* the packet's (skb_seq_ack): skb's memory is reused */
+	__u64 sk;      /* the listening socket */
 	struct lw_listener_key key;
 };
 

@@ -57,10 +57,11 @@ const (
 )
 
 type bpfLwDiscard struct {
-	_   structs.HostLayout
-	Skb uint64
-	Sk  uint64
-	Key bpfLwListenerKey
+	_      structs.HostLayout
+	Skb    uint64
+	SeqAck uint64
+	Sk     uint64
+	Key    bpfLwListenerKey
 }
 
 type bpfLwDrop uint32

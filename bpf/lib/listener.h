@@ -407,6 +407,27 @@ struct lw_peer {
 
 /* The client of a packet, from its IPv4 (without options) or IPv6 header
  * and the TCP ports; left unknown for anything else. */
+/* What tcp_v{4,6}_rcv adds to sk_drops when it discards a packet
+ * (sk_drops_add): its segments, at least one. */
+static __always_inline __u32 skb_segs(const struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u32 end = BPF_CORE_READ(skb, end);
+	__u16 segs = BPF_CORE_READ((struct skb_shared_info *)(head + end), gso_segs);
+	return segs ? segs : 1;
+}
+
+/* A TCP packet's sequence and acknowledgment numbers, as one word: tells a
+ * packet from another that a freed skb's memory was reused for. */
+static __always_inline __u64 skb_seq_ack(const struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u64 w = 0;
+	bpf_probe_read_kernel(&w, sizeof(w), head + th + 4);
+	return w;
+}
+
 static __always_inline void peer_from_skb(const struct sk_buff *skb, struct lw_peer *p)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);

@@ -53,11 +53,7 @@ int BPF_PROG(lw_tp_kfree, struct sk_buff *skb, void *location, enum skb_drop_rea
 		overflow = bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_TCP_LISTEN_OVERFLOW);
 	__u32 why, claim;
 	if (in_rcv) {
-		/* sk_drops_add: the packet's segments, at least one. */
-		unsigned char *head = BPF_CORE_READ(skb, head);
-		__u32 end = BPF_CORE_READ(skb, end);
-		__u16 segs = BPF_CORE_READ((struct skb_shared_info *)(head + end), gso_segs);
-		claim = segs ? segs : 1;
+		claim = skb_segs(skb);
 		if (reason != overflow || !(named || full))
 			why = LW_DROP_MAX; /* a discard, not a listen drop */
 		else {

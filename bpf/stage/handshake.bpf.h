@@ -185,6 +185,7 @@ static __always_inline void ack_overflow(const struct sock *listener, const stru
 		struct lw_discard *d = bpf_map_lookup_elem(&lw_discard_cpu, &zero);
 		if (d) {
 			d->skb = (__u64)skb;
+			d->seq_ack = skb_seq_ack(skb);
 			d->sk = (__u64)listener;
 			d->key = k;
 		}
@@ -315,15 +316,15 @@ int BPF_PROG(lw_tp_discard, struct sk_buff *skb, void *location)
 	__u64 loc = (__u64)location;
 	if (!(loc >= cfg_rcv4_lo && loc < cfg_rcv4_hi) && !(loc >= cfg_rcv6_lo && loc < cfg_rcv6_hi))
 		return 0;
+	/* The same memory, another packet: the overflowing one went
+	 * elsewhere (consumed, or freed on another CPU) and its note stayed. */
+	if (skb_seq_ack(skb) != d->seq_ack)
+		return 0;
 	struct lw_listener_key k = d->key; /* the listener's own */
 	struct lw_listener_stats *st = listener_entry(&k);
 	if (!st)
 		return 0;
-	/* sk_drops_add: the packet's segments, at least one. */
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u32 end = BPF_CORE_READ(skb, end);
-	__u16 segs = BPF_CORE_READ((struct skb_shared_info *)(head + end), gso_segs);
-	sock_claim(st, d->sk, segs ? segs : 1);
+	sock_claim(st, d->sk, skb_segs(skb));
 	return 0;
 }
 
