@@ -302,8 +302,9 @@ func TestSynackRetransmitsAtClose(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// 1,500 SYNs in ~75 ms: a second later their timers expire in a
-		// few batches of hundreds, retransmitting back to back.
+		// 3,000 SYNs in ~15 ms: a second later their timers expire in a
+		// few batches of hundreds, retransmitting back to back. The
+		// counters are read without a pause, to close among them.
 		flood := make(chan error, 1)
 		go func() { flood <- hpingEvery(peer, addr, 3000, "u5") }()
 		var retx uint64

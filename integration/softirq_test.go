@@ -29,8 +29,9 @@ import (
 //
 // Two subtests show problems not solved yet and run only with
 // LISTENWATCH_TEST_OPEN_PROBLEMS=1 (README, Kernel matrix): in kprobe mode
-// an accept-queue overflow with packets on three CPUs is now and then
-// counted one SYN-time drop short, and packets steered to the CPU of the
+// an accept-queue overflow with packets on three CPUs was now and then
+// counted one drop short (a likely cause, a listener's close, fixed since:
+// README), and packets steered to the CPU of the
 // accepting thread lose SYN and handshake probes (the kernel drops every
 // kprobe hit on a CPU while one of its kprobe handlers runs there, and the
 // accept-error probe runs in process context on every accept).

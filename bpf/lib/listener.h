@@ -140,21 +140,21 @@ static __always_inline void conn_forget(__u64 child, __u32 hash)
  * still count (listener_entry, closing_live). */
 #define LW_CLOSING_NS 1000000000ULL
 
-/* The socket of an entry whose close has begun (closing_sk), while the kernel
- * may still hand it SYNs: its state reads TCP_LISTEN (stored after the
+/* Whether the entry's socket whose close has begun (closing_sk) may still be
+ * handed SYNs by the kernel: its state reads TCP_LISTEN (stored after the
  * state-change tracepoint), within LW_CLOSING_NS. Forgotten once closed.
  * Tracepoint mode only (a typed read of a socket address: 6.3+). */
-static __always_inline const struct sock *closing_live(struct lw_listener_stats *st)
+static __always_inline bool closing_live(struct lw_listener_stats *st)
 {
 	__u64 csk = st->closing_sk;
 	if (!csk)
-		return NULL;
+		return false;
 	const struct sock *sk = RDONLY(struct sock, csk);
 	if (sk->__sk_common.skc_state == TCP_LISTEN && bpf_ktime_get_ns() - st->closing_at < LW_CLOSING_NS)
-		return sk;
+		return true;
 	/* Unless another close replaced it meanwhile. */
 	__sync_val_compare_and_swap(&st->closing_sk, csk, 0);
-	return NULL;
+	return false;
 }
 
 /* The entry at k: open (closing false), or one whose closing socket still

@@ -181,7 +181,10 @@ static __always_inline void syn_closing(struct lw_listener_stats *st, const stru
 		.drops = &st->closing_drops,
 		.qlen = &st->closing_qlen,
 	};
-	syn_on_any(st, st->closing_sk, b, &r);
+	/* Read once: another CPU's SYN may have found it closed since. */
+	__u64 sk = st->closing_sk;
+	if (sk)
+		syn_on_any(st, sk, b, &r);
 	syn_records(st, k, &r, p);
 	syn_cookie(st, r);
 }
