@@ -50,31 +50,33 @@ type progCost struct {
 }
 
 type result struct {
-	Kernel           string      `json:"kernel"`
-	Cores            int         `json:"cores"`
-	RoundSeconds     float64     `json:"round_seconds"`
-	Clients          int         `json:"clients"`
-	Client           string      `json:"client"`
-	Modes            string      `json:"hook_modes"`
-	Pairs            []pair      `json:"pairs"`
-	MedianCI         [2]float64  `json:"median_ratio_ci95"`
-	CostRate         float64     `json:"cost_offered_conn_per_s"`
-	CostPairs        []costPair  `json:"cost_pairs"`
-	CostRatio        float64     `json:"cost_ratio_median"`
-	CostCI           [2]float64  `json:"cost_ratio_ci95"`
-	MedianRatio      float64     `json:"median_ratio"`
-	BPF              []progCost  `json:"bpf"`
-	BPFNsPerConn     float64     `json:"bpf_ns_per_conn"`
-	BPFFloorNsPerRun float64     `json:"bpf_meter_floor_ns_per_run"`
-	BPFFloorPerConn  float64     `json:"bpf_meter_floor_ns_per_conn"`
-	BPFRounds        []float64   `json:"bpf_rounds_ns_per_conn"`
-	BPFServer        *bpfFigure  `json:"bpf_server_side,omitempty"`
-	CPUPer100k       float64     `json:"agent_cpu_seconds_per_100k_conn"`
-	CPUPctPer10kRate float64     `json:"agent_cpu_percent_per_10k_conn_per_s"`
-	PeakRSSMiB       float64     `json:"agent_peak_rss_mib"`
-	StormLost        float64     `json:"storm_ringbuf_lost"`
-	Flood            *flood      `json:"syn_flood,omitempty"`
-	Syscall          *syscallTax `json:"syscall_tax,omitempty"`
+	Kernel           string       `json:"kernel"`
+	Cores            int          `json:"cores"`
+	RoundSeconds     float64      `json:"round_seconds"`
+	Clients          int          `json:"clients"`
+	Client           string       `json:"client"`
+	Modes            string       `json:"hook_modes"`
+	Pairs            []pair       `json:"pairs"`
+	MedianCI         [2]float64   `json:"median_ratio_ci95"`
+	CostRate         float64      `json:"cost_offered_conn_per_s"`
+	CostPairs        []costPair   `json:"cost_pairs"`
+	CostRatio        float64      `json:"cost_ratio_median"`
+	CostCI           [2]float64   `json:"cost_ratio_ci95"`
+	MedianRatio      float64      `json:"median_ratio"`
+	BPF              []progCost   `json:"bpf"`
+	BPFNsPerConn     float64      `json:"bpf_ns_per_conn"`
+	BPFFloorNsPerRun float64      `json:"bpf_meter_floor_ns_per_run"`
+	BPFFloorPerConn  float64      `json:"bpf_meter_floor_ns_per_conn"`
+	BPFRounds        []float64    `json:"bpf_rounds_ns_per_conn"`
+	BPFServer        *bpfFigure   `json:"bpf_server_side,omitempty"`
+	CPUPer100k       float64      `json:"agent_cpu_seconds_per_100k_conn"`
+	CPUPctPer10kRate float64      `json:"agent_cpu_percent_per_10k_conn_per_s"`
+	PeakRSSMiB       float64      `json:"agent_peak_rss_mib"`
+	StormLost        float64      `json:"storm_ringbuf_lost"`
+	Flood            *flood       `json:"syn_flood,omitempty"`
+	Syscall          *syscallTax  `json:"syscall_tax,omitempty"`
+	Floor            *floorResult `json:"throughput_floor,omitempty"`
+	CostFloor        *floorResult `json:"cost_floor,omitempty"`
 }
 
 // bpfFigure is one BPF round's figures.
@@ -164,6 +166,7 @@ func run() error {
 	// Throughput pairs, A B then B A (A: without the agent), so that a
 	// drift of the machine over the run does not favour either side.
 	var ratios []float64
+	var progs []string // the programs the agent attached
 	for i := range *pairs {
 		var without, with float64
 		var p pair
@@ -193,6 +196,9 @@ func run() error {
 			if err == nil {
 				res.Modes, err = ag.modes()
 			}
+			if err == nil && progs == nil {
+				progs, err = ag.programs()
+			}
 			if err != nil {
 				ag.stop()
 				return fmt.Errorf("pair %d: %w", i+1, err)
@@ -214,6 +220,23 @@ func run() error {
 	}
 	res.MedianRatio = median(ratios)
 	res.MedianCI[0], res.MedianCI[1] = bootstrapMedianCI(ratios)
+	var hooks []string
+	if *floorPairs > 0 {
+		var err error
+		if hooks, err = agentHooks(agentObject(), progs); err != nil {
+			return err
+		}
+		res.Floor, err = floorRun("throughput", hooks, func() (float64, error) {
+			r := storm(ns, srv, *roundDur)
+			if r == 0 {
+				return 0, errors.New("a round made no connection")
+			}
+			return r, nil
+		})
+		if err != nil {
+			return err
+		}
+	}
 	var cpu, conns float64
 	for _, p := range res.Pairs {
 		cpu += p.AgentCPU
@@ -245,6 +268,14 @@ func run() error {
 		}
 		res.CostRatio = median(cr)
 		res.CostCI[0], res.CostCI[1] = bootstrapMedianCI(cr)
+		if hooks != nil {
+			res.CostFloor, err = floorRun("fixed-load", hooks, func() (float64, error) {
+				return costRoundOnce(ns, srv, res.CostRate)
+			})
+			if err != nil {
+				return err
+			}
+		}
 	}
 
 	// BPF cost: a separate round with kernel.bpf_stats_enabled=1, so the
@@ -575,6 +606,23 @@ func (a *agent) modes() (string, error) {
 	return strings.Join(parts, " "), nil
 }
 
+// programs are the names of the BPF programs the agent attached.
+func (a *agent) programs() ([]string, error) {
+	runs, err := perProgram("listenwatch_bpf_runs_total")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for p := range runs {
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("the agent exports no BPF program")
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 func perProgram(name string) (map[string]float64, error) {
 	m, err := scrape()
 	if err != nil {
@@ -863,6 +911,9 @@ func printTable(w io.Writer, r *result) {
 	}
 	fmt.Fprintf(w, "throughput ratio (with/without), median of %d pairs: %.3f, 95%% CI [%.3f, %.3f]   (target >= 0.98, CI above 0.97)\n\n",
 		len(r.Pairs), r.MedianRatio, r.MedianCI[0], r.MedianCI[1])
+	if r.Floor != nil {
+		printFloor(w, "throughput ratio", r.Floor)
+	}
 	if len(r.CostPairs) > 0 {
 		fmt.Fprintf(w, "fixed load %.0f conn/s: machine CPU per accepted connection\n%-6s %16s %16s %8s\n", r.CostRate, "pair", "without us/conn", "with us/conn", "ratio")
 		for i, p := range r.CostPairs {
@@ -870,6 +921,9 @@ func printTable(w io.Writer, r *result) {
 		}
 		fmt.Fprintf(w, "HEADLINE cost ratio (CPU per connection with/without), median of %d pairs: %.3f, 95%% CI [%.3f, %.3f]\n\n",
 			len(r.CostPairs), r.CostRatio, r.CostCI[0], r.CostCI[1])
+		if r.CostFloor != nil {
+			printFloor(w, "cost ratio", r.CostFloor)
+		}
 	}
 	fmt.Fprintf(w, "BPF time, clients with kernel sockets on this machine (their own transitions and packets run the programs too):\n")
 	printBPFFigure(w, bpfFigure{Programs: r.BPF, NsPerConn: r.BPFNsPerConn, Rounds: r.BPFRounds, FloorNsPerRun: r.BPFFloorNsPerRun, FloorPerConn: r.BPFFloorPerConn}, "")
