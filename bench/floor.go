@@ -17,7 +17,7 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-var floorPairs = flag.Int("floor-pairs", 6, "throughput pairs with programs that return at once on the agent's hooks instead of the agent, in A B B A order (0: skip): the most any program on those hooks could keep")
+var floorPairs = flag.Int("floor-pairs", 10, "throughput pairs with programs that return at once on the agent's hooks instead of the agent, in A B B A order (0: skip): the most any program on those hooks could keep")
 
 // The floor of a mode: the agent's throughput ratio counts what its
 // programs do and what merely having a program on each of its hooks costs

@@ -54,6 +54,9 @@ volatile const __u32 cfg_wakeup_records = 1; /* wake the reader after this many 
 volatile const bool cfg_tp_handshake = false; /* handshake stage via inet_sock_set_state */
 volatile const bool cfg_tp_accept = false;    /* accept stage via sys_exit_accept (else errors only) */
 volatile const bool cfg_kfree_drops = false;  /* ACK-time overflows seen by lw_tp_kfree */
+/* The accept stage is attached (any mode): only then does a child's
+ * timeline wait in the join for accept(). */
+volatile const bool cfg_join = true;
 /* Set where the kernel has bpf_rdonly_cast for the program being loaded;
  * the loader retries without it when the verifier refuses. */
 volatile const bool cfg_rdonly_cast = false;

@@ -1018,3 +1018,57 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// TestHandshakesWithoutAcceptStage: with the accept stage off (what the
+// tracepoint mode's log line offers against the syscall tax), handshakes
+// are still counted exactly, and no child's timeline waits in the join for
+// an accept() no program will see. Kept, they filled the join's slots and
+// then its LRU on every handshake: the handshake program's time doubled
+// (`make bench` with --disable-stage accept,accept_errors: lw_tp_state
+// 156 -> 306 ns per run), and the pending count per namespace grew with
+// every connection.
+func TestHandshakesWithoutAcceptStage(t *testing.T) {
+	need(t, events.StageHandshake)
+	cfg := loader.Config{Mode: testCfg.Mode,
+		Disabled: append([]events.Stage{events.StageAccept, events.StageAcceptErrors}, testCfg.Disabled...)}
+	tr, err := loader.Open(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	for _, h := range tr.Hooks() {
+		if h.Stage == events.StageAccept && h.Mode != events.ModeNone || h.Stage == events.StageHandshake && h.Mode == events.ModeNone {
+			t.Fatalf("stage %s in mode %s: want accept off and the handshake on", h.Stage, h.Mode)
+		}
+	}
+	ns := newNS(t)
+	addr := netip.MustParseAddrPort("127.0.0.1:9000")
+	fd := listen(t, ns, addr, 64)
+	go serve(fd)
+	key := events.ListenerKey{Netns: ns.Inode, Addr: addr.Addr(), Port: addr.Port()}
+	before, err := ns.Netstat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 41
+	connectN(t, ns, addr, n)
+	after, _ := ns.Netstat()
+	opens := after["Tcp.PassiveOpens"] - before["Tcp.PassiveOpens"]
+	if opens != n {
+		t.Fatalf("kernel PassiveOpens %d, want %d: the test's own traffic is wrong", opens, n)
+	}
+	eventually(t, settle, func() (bool, string) {
+		l, ok := lookup(t, tr, key)
+		return ok && l.Handshakes == opens, fmt.Sprintf("handshakes %d (listener known: %v), kernel PassiveOpens %d", l.Handshakes, ok, opens)
+	})
+	if l, _ := lookup(t, tr, key); l.Accepted != 0 {
+		t.Errorf("accepted %d with the accept stage off", l.Accepted)
+	}
+	pending, err := tr.PendingByNetns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := pending[ns.Inode]; p != 0 {
+		t.Errorf("%d of %d children wait in the join for an accept stage that is not attached", p, n)
+	}
+}

@@ -219,6 +219,7 @@ const (
 	bpfProgLwTpKfree          = "lw_tp_kfree"
 	bpfProgLwTpState          = "lw_tp_state"
 	bpfProgLwTpSynack         = "lw_tp_synack"
+	bpfVarCfgJoin             = "cfg_join"
 	bpfVarCfgKfreeDrops       = "cfg_kfree_drops"
 	bpfVarCfgRcv4Hi           = "cfg_rcv4_hi"
 	bpfVarCfgRcv4Lo           = "cfg_rcv4_lo"
@@ -327,6 +328,7 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	CfgJoin          *ebpf.VariableSpec `ebpf:"cfg_join"`
 	CfgKfreeDrops    *ebpf.VariableSpec `ebpf:"cfg_kfree_drops"`
 	CfgRcv4Hi        *ebpf.VariableSpec `ebpf:"cfg_rcv4_hi"`
 	CfgRcv4Lo        *ebpf.VariableSpec `ebpf:"cfg_rcv4_lo"`
@@ -400,6 +402,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	CfgJoin          *ebpf.Variable `ebpf:"cfg_join"`
 	CfgKfreeDrops    *ebpf.Variable `ebpf:"cfg_kfree_drops"`
 	CfgRcv4Hi        *ebpf.Variable `ebpf:"cfg_rcv4_hi"`
 	CfgRcv4Lo        *ebpf.Variable `ebpf:"cfg_rcv4_lo"`

@@ -116,10 +116,14 @@ var stageDefs = []stageDef{
 	{
 		stage: events.StageHandshake,
 		// Without the kfree_skb hook, the handshake programs count the
-		// final-ACK overflows themselves.
-		after: []events.Stage{events.StageDrops},
+		// final-ACK overflows themselves; without the accept stage they
+		// keep no timeline for it.
+		after: []events.Stage{events.StageDrops, events.StageAccept},
 		consts: func(modeOf func(events.Stage) events.Mode) map[string]any {
-			return map[string]any{bpfVarCfgKfreeDrops: modeOf(events.StageDrops) != events.ModeNone}
+			return map[string]any{
+				bpfVarCfgKfreeDrops: modeOf(events.StageDrops) != events.ModeNone,
+				bpfVarCfgJoin:       modeOf(events.StageAccept) != events.ModeNone,
+			}
 		},
 		candidates: []candidate{
 			{mode: events.ModeFentry, probes: []probe{
@@ -184,9 +188,12 @@ var stageDefs = []stageDef{
 	{
 		stage: events.StageRegistry,
 		// The tracepoint handshake lives in the registry's program.
-		after: []events.Stage{events.StageHandshake},
+		after: []events.Stage{events.StageHandshake, events.StageAccept},
 		consts: func(modeOf func(events.Stage) events.Mode) map[string]any {
-			return map[string]any{bpfVarCfgTpHandshake: modeOf(events.StageHandshake) == events.ModeTracepoint}
+			return map[string]any{
+				bpfVarCfgTpHandshake: modeOf(events.StageHandshake) == events.ModeTracepoint,
+				bpfVarCfgJoin:        modeOf(events.StageAccept) != events.ModeNone,
+			}
 		},
 		candidates: []candidate{{mode: events.ModeTracepoint, probes: []probe{{prog: bpfProgLwTpState, attach: tracing}}}},
 	},

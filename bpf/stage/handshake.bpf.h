@@ -16,6 +16,13 @@ static __always_inline void handshake_done(__u64 child, __u32 hash, struct lw_li
 		flags |= LW_F_NO_LISTENER;
 	} else {
 		__sync_fetch_and_add(&st->handshakes, 1);
+	}
+	/* Without the accept stage no program takes the timeline: kept, it
+	 * would fill the join's slots and then churn its LRU on every
+	 * handshake (twice this program's time, `make bench`). */
+	if (!cfg_join)
+		return;
+	if (st) {
 		/* Tracepoint mode does not name the child's listener: the
 		 * group's first socket is right for a single socket. */
 		if (!listener)
@@ -59,6 +66,12 @@ static __always_inline __u64 ack_time(const struct tcp_sock *tp)
  * SYN-ACK was retransmitted (then total_rto_time, in ms, 6.7+). */
 static __always_inline void child_established(const struct sock *sk)
 {
+	struct lw_listener_key k;
+	key_from_btf_sk(&k, sk);
+	if (!cfg_join) { /* counted, no timeline: nothing reads the times */
+		handshake_done((__u64)sk, 0, &k, 0, 0, 0, NULL, true);
+		return;
+	}
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	__u64 now = ack_time(tp);
 	__u64 t_synack = 0;
@@ -87,8 +100,6 @@ static __always_inline void child_established(const struct sock *sk)
 			flags = LW_F_SYN_RTO;
 		}
 	}
-	struct lw_listener_key k;
-	key_from_btf_sk(&k, sk);
 	handshake_done((__u64)sk, sk->__sk_common.skc_hash, &k, t_synack, now, flags, NULL, true);
 }
 
@@ -122,7 +133,7 @@ int BPF_PROG(lw_tp_state, const struct sock *sk, const int oldstate, const int n
 		what = 2;
 	else if (cfg_tp_handshake && oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED)
 		what = 3;
-	else if (newstate == TCP_CLOSE && (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT))
+	else if (cfg_join && newstate == TCP_CLOSE && (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT))
 		what = 4;
 	else
 		return 0;
@@ -232,7 +243,7 @@ static __always_inline void syn_recv_done(const struct sock *listener, const str
 	struct lw_listener_key k;
 	key_from_sk(&k, listener);
 	handshake_done((__u64)child, BPF_CORE_READ(child, __sk_common.skc_hash), &k, t_synack,
-		       bpf_ktime_get_ns(), flags, listener, false);
+		       cfg_join ? bpf_ktime_get_ns() : 0, flags, listener, false);
 }
 
 static __always_inline bool v4_mapped(const struct sk_buff *skb)
