@@ -370,6 +370,19 @@ func TestAcceptEMFILE(t *testing.T) {
 	if pid == 0 {
 		t.Fatal("helper server did not start")
 	}
+	// Servers whose threads wait in accept() meanwhile (thread-per-
+	// listener servers do): in kprobe mode each waiting call holds an
+	// instance of the return probe that sees accept()'s errors, and with
+	// the kernel's default count (10 on a small machine) none was left
+	// for the helper's EMFILE: every failure was missed.
+	parked := listen(t, ns, netip.MustParseAddrPort("127.0.0.1:8384"), 8)
+	for range 24 {
+		go unix.Accept4(parked, unix.SOCK_CLOEXEC)
+	}
+	// Released when the test ends (a close alone would leave them in
+	// accept(), holding the socket and its namespace).
+	t.Cleanup(func() { unix.Shutdown(parked, unix.SHUT_RDWR) })
+	time.Sleep(200 * time.Millisecond * slack()) // each in its own thread, in accept()
 	doc := diagnose.New(tracer, procfs.FS{}, time.Minute, zerolog.Nop())
 	doc.Step()
 	fds := connectNonBlocking(t, ns, addr, 50)

@@ -59,6 +59,29 @@ func kretprobe(sym string) func(*ebpf.Program) (link.Link, error) {
 	return func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(sym, p, nil) }
 }
 
+// blockingRetprobes is how many calls of a function that sleeps (accept()
+// waiting for a connection) a return probe follows at once. Each call in
+// the function holds one of the probe's instances until it returns; the
+// kernel's default, max(10, 2 x CPUs), is taken by the threads of a few
+// servers blocked in accept(), and every return past it is missed without
+// a trace (a 6.1 guest with 10 idle blocked accepts counted none of a
+// server's EMFILE failures: TestAcceptEMFILE). 4096 is the most the
+// kernel takes (KRETPROBE_MAXACTIVE_MAX), a few hundred KiB of instances.
+const blockingRetprobes = 4096
+
+// kretprobeBlocking is kretprobe for a function that may sleep. The
+// instance count needs the tracefs interface (the perf one has no field
+// for it), which kprobe mode's check already requires.
+func kretprobeBlocking(sym string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.Kretprobe(sym, p, &link.KprobeOptions{RetprobeMaxActive: blockingRetprobes})
+		if err != nil {
+			return nil, fmt.Errorf("return probe on %s for %d concurrent calls: %w", sym, blockingRetprobes, err)
+		}
+		return l, nil
+	}
+}
+
 func tracepoint(group, name string) func(*ebpf.Program) (link.Link, error) {
 	return func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint(group, name, p, nil) }
 }
@@ -67,7 +90,7 @@ func tracepoint(group, name string) func(*ebpf.Program) (link.Link, error) {
 // set SYSCALL_WORK_SYSCALL_TRACEPOINT on every thread (syscall_regfunc), so
 // every syscall of every task takes the slow entry and exit path while it
 // is attached, not only accept. Measured by `make bench` (syscall tax).
-const acceptSyscallsCost = "every syscall of every task takes the kernel's slow syscall path while a syscall tracepoint is attached (measured on the 6.18 test VM: getppid 191 -> 254 ns; README, Performance); --disable-stage accept,accept_errors avoids it"
+const acceptSyscallsCost = "every syscall of every task takes the kernel's slow syscall path while a syscall tracepoint is attached (measured on the 6.18 test VM: getppid 191 -> 254 ns, and a Go server that accepts and closes keeps ~94% of its maximum rate with programs that do nothing on these hooks; README, Performance); --disable-stage accept,accept_errors avoids it, losing accept counts, queue waits and timelines"
 
 // acceptSyscalls see accept(2) and accept4(2) return: failures always,
 // accepted connections when cfg_tp_accept is set.
@@ -153,7 +176,7 @@ var stageDefs = []stageDef{
 			{mode: events.ModeKprobe, probes: []probe{{prog: bpfProgLwKpGraft, attach: kprobe("security_sock_graft")}}},
 			{mode: events.ModeKprobe, probes: []probe{
 				{prog: bpfProgLwKpAccept, attach: kprobe("inet_csk_accept")},
-				{prog: bpfProgLwKrpAccept, attach: kretprobe("inet_csk_accept")},
+				{prog: bpfProgLwKrpAccept, attach: kretprobeBlocking("inet_csk_accept")},
 			}},
 			// The same syscall programs as accept_errors, with the
 			// accepted-connection path switched on.
@@ -171,7 +194,7 @@ var stageDefs = []stageDef{
 		// tracepoint slows every syscall on the node (acceptSyscallsCost).
 		candidates: []candidate{
 			{mode: events.ModeFentry, probes: []probe{{prog: bpfProgLwFexitAcceptErr, attach: tracing}}},
-			{mode: events.ModeKprobe, probes: []probe{{prog: bpfProgLwKrpAcceptErr, attach: kretprobe("__sys_accept4")}}},
+			{mode: events.ModeKprobe, probes: []probe{{prog: bpfProgLwKrpAcceptErr, attach: kretprobeBlocking("__sys_accept4")}}},
 			{mode: events.ModeTracepoint, probes: acceptSyscalls, prepare: setConst(bpfVarCfgTpAccept, false), nodeCost: acceptSyscallsCost},
 		},
 	},
