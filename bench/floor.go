@@ -17,7 +17,7 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-var floorPairs = flag.Int("floor-pairs", 10, "throughput pairs with programs that return at once on the agent's hooks instead of the agent, in A B B A order (0: skip): the most any program on those hooks could keep")
+var floorPairs = flag.Int("floor-pairs", 10, "pairs of rounds (throughput, and fixed load unless -cost-pairs 0) with programs that return at once on the agent's hooks instead of the agent, against nothing attached, in A B C C B A order (0: skip): the most any program on those hooks could keep")
 
 // The floor of a mode: the agent's throughput ratio counts what its
 // programs do and what merely having a program on each of its hooks costs
@@ -72,9 +72,9 @@ func agentObject() string {
 	return filepath.Join("loader", "bpf_"+arch+"_bpfel.o")
 }
 
-// attachFloor attaches a program that returns at once to each hook
-// (tp_btf/<tracepoint> or tracepoint/<group>/<name>: the tracepoint mode's
-// kinds); another kind is an error, not a smaller floor.
+// attachFloor attaches a program that returns at once to each hook, an
+// ELF section name of the agent's object; a kind of hook it does not know
+// is an error, not a smaller floor.
 func attachFloor(hooks []string) (func(), error) {
 	var closers []io.Closer
 	closeAll := func() {
@@ -82,55 +82,70 @@ func attachFloor(hooks []string) (func(), error) {
 			c.Close()
 		}
 	}
-	ret0 := asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
 	for _, h := range hooks {
-		kind, target, _ := strings.Cut(h, "/")
-		var (
-			prog *ebpf.Program
-			l    link.Link
-			err  error
-		)
-		switch kind {
-		case "tp_btf":
-			prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "lwbench_floor", Type: ebpf.Tracing,
-				AttachType: ebpf.AttachTraceRawTp, AttachTo: target, Instructions: ret0, License: "GPL"})
-			if err == nil {
-				l, err = link.AttachTracing(link.TracingOptions{Program: prog})
-			}
-		case "tracepoint":
-			group, name, ok := strings.Cut(target, "/")
-			if !ok {
-				err = errors.New("no group/name")
-				break
-			}
-			prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{Name: "lwbench_floor", Type: ebpf.TracePoint,
-				Instructions: ret0, License: "GPL"})
-			if err == nil {
-				l, err = link.Tracepoint(group, name, prog, nil)
-			}
-		default:
-			err = errors.New("the floor is built for tracepoint mode's hooks only")
-		}
-		if prog != nil {
-			closers = append(closers, prog)
-		}
+		prog, l, err := emptyOn(h)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("floor: empty program on %s: %w", h, err)
 		}
 		closers = append([]io.Closer{l}, closers...) // links close first
+		closers = append(closers, prog)
 	}
 	return closeAll, nil
+}
+
+// emptyOn loads a program that returns at once for hook (tp_btf/TP,
+// tracepoint/GROUP/NAME, fentry/FN, fexit/FN, kprobe/FN, kretprobe/FN: the
+// kinds of every mode) and attaches it there.
+func emptyOn(hook string) (*ebpf.Program, link.Link, error) {
+	kind, target, _ := strings.Cut(hook, "/")
+	spec := &ebpf.ProgramSpec{Name: "lwbench_floor", License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}}
+	var attach func(*ebpf.Program) (link.Link, error)
+	tracing := func(p *ebpf.Program) (link.Link, error) {
+		return link.AttachTracing(link.TracingOptions{Program: p})
+	}
+	switch kind {
+	case "tp_btf", "fentry", "fexit":
+		spec.Type, spec.AttachTo = ebpf.Tracing, target
+		spec.AttachType = map[string]ebpf.AttachType{"tp_btf": ebpf.AttachTraceRawTp,
+			"fentry": ebpf.AttachTraceFEntry, "fexit": ebpf.AttachTraceFExit}[kind]
+		attach = tracing
+	case "tracepoint":
+		group, name, ok := strings.Cut(target, "/")
+		if !ok {
+			return nil, nil, errors.New("want tracepoint/GROUP/NAME")
+		}
+		spec.Type = ebpf.TracePoint
+		attach = func(p *ebpf.Program) (link.Link, error) { return link.Tracepoint(group, name, p, nil) }
+	case "kprobe":
+		spec.Type = ebpf.Kprobe
+		attach = func(p *ebpf.Program) (link.Link, error) { return link.Kprobe(target, p, nil) }
+	case "kretprobe":
+		spec.Type = ebpf.Kprobe
+		attach = func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(target, p, nil) }
+	default:
+		return nil, nil, fmt.Errorf("no floor for a %s program", kind)
+	}
+	prog, err := ebpf.NewProgram(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := attach(prog)
+	if err != nil {
+		prog.Close()
+		return nil, nil, err
+	}
+	return prog, l, nil
 }
 
 // floorRun alternates a round with nothing attached and one with the
 // empty programs on each hook set (A B C, then C B A, ...), like the
 // agent's pairs. The hook sets: all the agent's hooks, and, where some of
 // them are syscall tracepoints, the others alone (what the same programs
-// would cost without the syscall tax).
-// measure is a round's figure: connections/s (throughput) or CPU per
-// connection (fixed load); each variant's ratio is its figure over the
-// figure with nothing attached.
+// would cost without the syscall tax). measure is a round's figure:
+// connections/s (throughput) or CPU per connection (fixed load); each
+// variant's ratio is its figure over the one with nothing attached.
 func floorRun(what string, hooks []string, measure func() (float64, error)) (*floorResult, error) {
 	sets := [][]string{hooks}
 	if hasSyscallHook(hooks) {
