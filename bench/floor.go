@@ -83,7 +83,7 @@ func attachFloor(hooks []string) (func(), error) {
 		}
 	}
 	for _, h := range hooks {
-		prog, l, err := emptyOn(h)
+		prog, l, err := emptyOn(h, "lwbench_floor")
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("floor: empty program on %s: %w", h, err)
@@ -94,12 +94,12 @@ func attachFloor(hooks []string) (func(), error) {
 	return closeAll, nil
 }
 
-// emptyOn loads a program that returns at once for hook (tp_btf/TP,
-// tracepoint/GROUP/NAME, fentry/FN, fexit/FN, kprobe/FN, kretprobe/FN: the
-// kinds of every mode) and attaches it there.
-func emptyOn(hook string) (*ebpf.Program, link.Link, error) {
+// emptyOn loads a program named name that returns at once for hook
+// (tp_btf/TP, tracepoint/GROUP/NAME, fentry/FN, fexit/FN, kprobe/FN,
+// kretprobe/FN: the kinds of every mode) and attaches it there.
+func emptyOn(hook, name string) (*ebpf.Program, link.Link, error) {
 	kind, target, _ := strings.Cut(hook, "/")
-	spec := &ebpf.ProgramSpec{Name: "lwbench_floor", License: "GPL",
+	spec := &ebpf.ProgramSpec{Name: name, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}}
 	var attach func(*ebpf.Program) (link.Link, error)
 	tracing := func(p *ebpf.Program) (link.Link, error) {

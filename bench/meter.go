@@ -8,7 +8,6 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 )
 
@@ -29,21 +28,9 @@ func attachEmptyProbe() (*emptyProbe, error) { return attachEmpty("inet_sock_set
 // attachEmpty attaches a program that returns at once to the BTF
 // tracepoint tp.
 func attachEmpty(tp string) (*emptyProbe, error) {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "lwbench_empty",
-		Type:         ebpf.Tracing,
-		AttachType:   ebpf.AttachTraceRawTp,
-		AttachTo:     tp,
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-		License:      "GPL",
-	})
+	prog, l, err := emptyOn("tp_btf/"+tp, "lwbench_empty")
 	if err != nil {
-		return nil, fmt.Errorf("empty program for the meter's floor: %w", err)
-	}
-	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
-	if err != nil {
-		prog.Close()
-		return nil, fmt.Errorf("attach the empty program to %s: %w", tp, err)
+		return nil, fmt.Errorf("empty program on %s for the meter: %w", tp, err)
 	}
 	return &emptyProbe{prog: prog, link: l}, nil
 }
