@@ -185,6 +185,9 @@ func floorRun(what string, hooks []string, measure func() (float64, error)) (*fl
 			if err != nil {
 				return nil, err
 			}
+			// Past the loads' deferred work, as the agent's rounds wait
+			// past its start.
+			time.Sleep(500 * time.Millisecond)
 			rate[v+1], err = measure()
 			detach()
 			if err != nil {
