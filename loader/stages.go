@@ -64,9 +64,10 @@ func kretprobe(sym string) func(*ebpf.Program) (link.Link, error) {
 // the function holds one of the probe's instances until it returns; the
 // kernel's default, max(10, 2 x CPUs), is taken by the threads of a few
 // servers blocked in accept(), and every return past it is missed without
-// a trace (a 6.1 guest with 10 idle blocked accepts counted none of a
-// server's EMFILE failures: TestAcceptEMFILE). 4096 is the most the
-// kernel takes (KRETPROBE_MAXACTIVE_MAX), a few hundred KiB of instances.
+// a trace (TestAcceptEMFILE, with 24 threads waiting in accept() beside
+// its server, counted none of its EMFILE failures in the 6.1 kprobe guest).
+// 4096 is the most the kernel takes (KRETPROBE_MAXACTIVE_MAX); their
+// memory was not measured.
 const blockingRetprobes = 4096
 
 // kretprobeBlocking is kretprobe for a function that may sleep. The
